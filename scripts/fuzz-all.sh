@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every Go fuzz target in the module for the given time each
+# (default 3s). Crashing inputs land in the package's testdata/fuzz and
+# then run as regression tests in every plain `go test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+t=${1:-3s}
+n=0
+fail=0
+while IFS=: read -r file fn; do
+  pkg="./$(dirname "$file")"
+  n=$((n + 1))
+  if out=$(go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$t" "$pkg" 2>&1); then
+    echo "fuzz ok   $pkg $fn ($t)"
+  else
+    echo "fuzz FAIL $pkg $fn"
+    echo "$out" | tail -30
+    fail=$((fail + 1))
+  fi
+done < <(grep -rHoE --include='*_test.go' '^func (Fuzz[A-Za-z0-9_]+)\(' . | sed -E 's/:func (Fuzz[A-Za-z0-9_]+)\(/:\1/' | sort)
+echo "fuzz: $n targets, $fail failed"
+[ "$fail" = 0 ]
