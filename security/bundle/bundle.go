@@ -286,14 +286,14 @@ func ChooseSubnet(taken []netip.Prefix, bits int) (netip.Prefix, error) {
 	if bits < MinSubnetLen || bits > MaxSubnetLen {
 		return netip.Prefix{}, fmt.Errorf("choose subnet: %w: prefix length /%d", ErrFormat, bits)
 	}
-	n := uint32(15) << (bits - 4) // subnets in 240.0.0.0-254.255.255.255
+	n := uint32(15) << (bits - 8) // subnets in 240.0.0.0-254.255.255.255
 	start, err := randUint32()
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("choose subnet: %w", err)
 	}
 	for i := uint32(0); i < n; i++ {
 		k := (start + i) % n
-		base := uint32(240)<<24 | k<<(32-bits)
+		base := uint32(240)<<24 + k<<(32-bits)
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(base >> 24), byte(base >> 16), byte(base >> 8), byte(base)}), bits)
 		free := true
 		for _, t := range taken {
