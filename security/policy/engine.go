@@ -109,7 +109,7 @@ func NewEngine(global *Global, local *Local, self Identity) (*Engine, error) {
 	}
 	e.restrictIn = e.local.RestrictInbound
 	if global != nil {
-		if err := global.validate(); err != nil {
+		if err := global.validateRules(); err != nil {
 			return nil, fmt.Errorf("compile policy: %w", err)
 		}
 		e.defAllow = global.Default == Allow

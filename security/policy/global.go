@@ -257,6 +257,12 @@ func (g *Global) validate() error {
 	if err := name.Check(g.Cluster); err != nil {
 		return fmt.Errorf("%w: cluster: %v", ErrFormat, err)
 	}
+	return g.validateRules()
+}
+
+// validateRules checks everything but the cluster name (a policy parsed
+// from text has none until the master signs it).
+func (g *Global) validateRules() error {
 	if g.Default != Allow && g.Default != Deny {
 		return fmt.Errorf("%w: default %d", ErrFormat, g.Default)
 	}
