@@ -1,6 +1,7 @@
 package netlab
 
 import (
+	"math/rand/v2"
 	"context"
 	"errors"
 	"fmt"
@@ -14,12 +15,14 @@ import (
 )
 
 // delayLine holds every packet that the namespace's raw-table NFQUEUE rules
-// send it for a fixed delay, then lets it go, in arrival order. It stands
-// in for netem, which this machine's kernel lacks. The kernel keeps the
+// send it for a fixed delay, then lets it go, in arrival order; it drops a
+// random fraction (loss) at once. It stands in for netem, which this
+// machine's kernel lacks. The kernel keeps the
 // packets; only their IDs and deadlines are held here.
 type delayLine struct {
 	ns    string
 	delay time.Duration
+	loss  float64
 	nsf   *os.File
 	nf    *nfqueue.Nfqueue
 
@@ -40,7 +43,7 @@ type held struct {
 // it are dropped (no fail-open: an undelayed packet would be a lie).
 const maxHeld = 1 << 16
 
-func startDelayLine(ns string, delay time.Duration) (*delayLine, error) {
+func startDelayLine(ns string, delay time.Duration, loss float64) (*delayLine, error) {
 	f, err := os.Open(filepath.Join("/run/netns", ns))
 	if err != nil {
 		return nil, err
@@ -60,7 +63,7 @@ func startDelayLine(ns string, delay time.Duration) (*delayLine, error) {
 	}
 	_ = nf.SetOption(netlink.NoENOBUFS, true)
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &delayLine{ns: ns, delay: delay, nsf: f, nf: nf, wake: make(chan struct{}, 1), cancel: cancel}
+	d := &delayLine{ns: ns, delay: delay, loss: loss, nsf: f, nf: nf, wake: make(chan struct{}, 1), cancel: cancel}
 	err = nf.RegisterWithErrorFunc(ctx, d.arrive, func(e error) int {
 		if ctx.Err() != nil {
 			return 1
@@ -80,6 +83,10 @@ func startDelayLine(ns string, delay time.Duration) (*delayLine, error) {
 
 func (d *delayLine) arrive(a nfqueue.Attribute) int {
 	if a.PacketID == nil {
+		return 0
+	}
+	if d.loss > 0 && rand.Float64() < d.loss {
+		_ = d.nf.SetVerdict(*a.PacketID, nfqueue.NfDrop)
 		return 0
 	}
 	d.mu.Lock()

@@ -19,8 +19,8 @@
 // never by guessing.
 //
 // Link shaping: this machine's kernel has no netem qdisc, so the lab adds
-// delay with an NFQUEUE "delay line" run by the process that built the lab
-// (each packet's verdict is held for the delay, in order), loss with the
-// iptables statistic match, and rate limits with tbf, on both directions of
-// a site's WAN link.
+// delay and loss with an NFQUEUE "delay line" run by the process that built
+// the lab (each packet's verdict is held for the delay, in order; a random
+// fraction is dropped), and rate limits with tbf, on both directions of a
+// site's WAN link.
 package netlab

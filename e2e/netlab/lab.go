@@ -93,7 +93,7 @@ func Build(ctx context.Context, spec Spec, opt Options) (*Lab, error) {
 }
 
 // Tools returns the programs a lab of this spec runs.
-func (s *Spec) Tools() []string {
+func (s Spec) Tools() []string {
 	tools := []string{"ip", "iptables-restore"}
 	for _, st := range s.Sites {
 		if st.Shape.Rate > 0 {
@@ -418,8 +418,8 @@ func (l *Lab) shapeAndFilter(ctx context.Context) error {
 			edges = append(edges, edge{s.Router, routerRules(st.Kind, st.blocksUDP(), s.LAN, st.Shape), "wan0"})
 		}
 		for _, e := range edges {
-			if e.wanIf != "" && st.Shape.Delay > 0 {
-				d, err := startDelayLine(e.h.NS, st.Shape.Delay)
+			if e.wanIf != "" && needsDelayLine(st.Shape) {
+				d, err := startDelayLine(e.h.NS, st.Shape.Delay, st.Shape.Loss)
 				if err != nil {
 					return err
 				}

@@ -47,27 +47,22 @@ func (r *ruleset) String() string {
 	return b.String()
 }
 
-// shapeRules adds loss and delay for both directions of a WAN link to the
-// raw table (before conntrack, so a held packet has no unconfirmed
-// connection entry). in matches packets arriving from the Internet, out
-// those leaving toward it; each is "-i IF" or "-o IF" plus any address test.
-func shapeRules(r *ruleset, sh Shape, in, out []string) {
+// shapeRules sends both directions of a WAN link to the namespace's delay
+// line, which adds the delay and the loss. Loss is not an iptables DROP:
+// dropping a host's own outgoing packet in netfilter fails its send with
+// EPERM, which no real link does; a later NF_DROP verdict is silent. The
+// rules sit in the raw table, before conntrack, so a held packet has no
+// unconfirmed connection entry. in matches packets arriving from the
+// Internet, out those leaving toward it.
+func shapeRules(r *ruleset, in, out string) {
 	r.table("raw", "PREROUTING ACCEPT", "OUTPUT ACCEPT")
-	add := func(match []string, target string) {
-		r.add("raw", strings.Join(append(match, target), " "))
-	}
-	for _, m := range [][]string{in, out} {
-		if m == nil {
-			continue
-		}
-		if sh.Loss > 0 {
-			add(m, "-m statistic --mode random --probability "+strconv.FormatFloat(sh.Loss, 'f', 6, 64)+" -j DROP")
-		}
-		if sh.Delay > 0 {
-			add(m, "-j NFQUEUE --queue-num "+strconv.Itoa(delayQueue))
-		}
+	for _, m := range []string{in, out} {
+		r.add("raw", m+" -j NFQUEUE --queue-num "+strconv.Itoa(delayQueue))
 	}
 }
+
+// needsDelayLine reports whether a shape needs a delay line.
+func needsDelayLine(sh Shape) bool { return sh.Loss > 0 || sh.Delay > 0 }
 
 // routerRules is the ruleset of a site's router: a NAT (cone, symmetric,
 // upnp, udp-blocked, both routers of double-nat) or a routing firewall.
@@ -75,9 +70,9 @@ func shapeRules(r *ruleset, sh Shape, in, out []string) {
 // site's LAN bridge. shape applies to the router's WAN link.
 func routerRules(kind Kind, blockUDP bool, lan netip.Prefix, shape Shape) string {
 	r := newRuleset()
-	if shape.Loss > 0 || shape.Delay > 0 {
+	if needsDelayLine(shape) {
 		// From the LAN toward the Internet: not addressed to the LAN itself.
-		shapeRules(r, shape, []string{"-A PREROUTING -i wan0"}, []string{"-A PREROUTING -i lan0 ! -d " + lan.String()})
+		shapeRules(r, "-A PREROUTING -i wan0", "-A PREROUTING -i lan0 ! -d "+lan.String())
 	}
 	r.table("filter", "INPUT DROP", "FORWARD DROP", "OUTPUT ACCEPT")
 	if blockUDP {
@@ -118,8 +113,8 @@ func routerRules(kind Kind, blockUDP bool, lan netip.Prefix, shape Shape) string
 // eth0. It returns "" when the host needs no rules.
 func hostRules(kind Kind, blockUDP bool, shape Shape) string {
 	r := newRuleset()
-	if shape.Loss > 0 || shape.Delay > 0 {
-		shapeRules(r, shape, []string{"-A PREROUTING -i eth0"}, []string{"-A OUTPUT -o eth0"})
+	if needsDelayLine(shape) {
+		shapeRules(r, "-A PREROUTING -i eth0", "-A OUTPUT -o eth0")
 	}
 	if kind == HostFW || blockUDP {
 		policy := "INPUT ACCEPT"

@@ -1,8 +1,8 @@
 package netlab
 
 import (
-	"context"
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"

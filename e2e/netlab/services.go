@@ -172,4 +172,3 @@ func lookPath(name string) (string, error) {
 	}
 	return "", exec.ErrNotFound
 }
-

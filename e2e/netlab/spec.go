@@ -95,7 +95,7 @@ var ErrBadSpec = errors.New("bad lab spec")
 
 // Validate checks names, kinds, counts and shapes, and that the address
 // plan can hold the lab.
-func (s *Spec) Validate() error {
+func (s Spec) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrBadSpec, fmt.Sprintf(format, args...))
 	}
