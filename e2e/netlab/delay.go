@@ -1,10 +1,10 @@
 package netlab
 
 import (
-	"math/rand/v2"
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"

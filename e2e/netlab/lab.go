@@ -550,17 +550,20 @@ func (l *Lab) Close() error {
 // and how to enter it.
 func (l *Lab) Describe(w io.Writer) {
 	fmt.Fprintf(w, "lab %s (run dir %s)\n", l.ID, l.run.dir)
-	fmt.Fprintf(w, "  %-14s %-10s %-16s %-16s %s\n", "host", "site kind", "address", "public address", "namespace")
+	fmt.Fprintf(w, "  %-14s %-12s %-16s %-16s %s\n", "host", "site kind", "address", "public address", "namespace")
 	for _, h := range l.all {
 		kind, pub := "internet", h.Addr.String()
 		if h.Site != nil {
 			kind = string(h.Site.Spec.Kind)
 			pub = h.Site.PublicAddr.String()
+			if h == h.Site.Outer || (h == h.Site.Router && h.Site.Outer == nil) {
+				pub = h.Site.WAN.String() // the router's own Internet address
+			}
 			if h.Site.Spec.blocksUDP() && h.Site.Spec.Kind != UDPBlocked {
 				kind += "+udp-blocked"
 			}
 		}
-		fmt.Fprintf(w, "  %-14s %-10s %-16s %-16s %s\n", h.Name, kind, h.Addr, pub, h.NS)
+		fmt.Fprintf(w, "  %-14s %-12s %-16s %-16s %s\n", h.Name, kind, h.Addr, pub, h.NS)
 	}
 	fmt.Fprintf(w, "Enter a host:  ip netns exec NAMESPACE bash   (e.g. ip netns exec %s bash)\n", l.all[len(l.all)-1].NS)
 }

@@ -14,7 +14,7 @@ import (
 
 func smallSpec() Spec {
 	return Spec{Internet: []string{"srv1", "srv2"}, Sites: []SiteSpec{
-		{Name: "home", Kind: UPnP},                                              // runs stund and miniupnpd
+		{Name: "home", Kind: UPnP}, // runs stund and miniupnpd
 		{Name: "slow", Kind: Cone, Shape: Shape{Delay: 5 * time.Millisecond}}, // runs a delay line
 	}}
 }

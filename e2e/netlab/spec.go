@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -173,4 +175,34 @@ func nth(p netip.Prefix, n int) netip.Addr {
 	b := p.Addr().As4()
 	b[3] += byte(n)
 	return netip.AddrFrom4(b)
+}
+
+// ParseRate parses a link rate such as "100mbit", "1gbit", "512kbit" or a
+// plain number of bits per second.
+func ParseRate(s string) (uint64, error) {
+	units := []struct {
+		suffix string
+		mult   uint64
+	}{{"gbit", 1e9}, {"mbit", 1e6}, {"kbit", 1e3}, {"bit", 1}}
+	num, mult := s, uint64(1)
+	for _, u := range units {
+		if rest, ok := strings.CutSuffix(strings.ToLower(s), u.suffix); ok {
+			num, mult = rest, u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v <= 0 || v*float64(mult) > 1e12 {
+		return 0, fmt.Errorf("rate %q: want a positive number with kbit, mbit or gbit (e.g. 100mbit)", s)
+	}
+	return uint64(v * float64(mult)), nil
+}
+
+// ParseKind parses a site kind name.
+func ParseKind(s string) (Kind, error) {
+	k := Kind(s)
+	if !k.valid() {
+		return "", fmt.Errorf("unknown site kind %q (want one of %v)", s, Kinds)
+	}
+	return k, nil
 }

@@ -130,3 +130,16 @@ func TestParseSeen(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRate(t *testing.T) {
+	for in, want := range map[string]uint64{"100mbit": 100e6, "1gbit": 1e9, "1.5Mbit": 1.5e6, "64kbit": 64e3, "9000": 9000} {
+		if got, err := ParseRate(in); err != nil || got != want {
+			t.Errorf("%q: got %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "fast", "-1mbit", "0", "mbit", "2tbit"} {
+		if _, err := ParseRate(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
