@@ -35,7 +35,14 @@ func program() *cli.Program {
 
 // verbs lists pvcd's subcommands; each lives in its own file.
 func verbs() []cli.Verb {
-	return []cli.Verb{}
+	return []cli.Verb{
+		clusterVerb(),
+		tokenVerb(),
+		keygenVerb(),
+		certVerb(),
+		revokeVerb(),
+		policyVerb(),
+	}
 }
 
 func main() {

@@ -118,7 +118,7 @@ func (b *Bundle) validate() error {
 	if err := CheckSubnet(b.Subnet); err != nil {
 		return err
 	}
-	if err := checkDomain(b.Domain); err != nil {
+	if err := CheckDomain(b.Domain); err != nil {
 		return err
 	}
 	if len(b.Brokers) > MaxBrokers {
@@ -135,7 +135,8 @@ func (b *Bundle) validate() error {
 	return nil
 }
 
-func checkDomain(d string) error {
+// CheckDomain returns nil if d is a valid DNS domain for the peers' names.
+func CheckDomain(d string) error {
 	if d == "" || len(d) > MaxDomainLen {
 		return fmt.Errorf("%w: DNS domain %q: want 1 to %d characters", ErrFormat, d, MaxDomainLen)
 	}
