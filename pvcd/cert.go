@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -18,7 +17,6 @@ import (
 	"github.com/pvc-project/pvc/security/master"
 	"github.com/pvc-project/pvc/security/name"
 	"github.com/pvc-project/pvc/security/revoke"
-	"github.com/pvc-project/pvc/security/signed"
 )
 
 func certVerb() cli.Verb {
@@ -151,22 +149,19 @@ certificate that does not verify makes the exit status 1.`, stdout)
 	if len(pos) != 1 {
 		return cli.Usagef("cert show needs exactly one certificate FILE")
 	}
+	if *revPath != "" && *bundlePath == "" {
+		return cli.Usagef("--revocation needs --bundle")
+	}
 	data, err := readInput("certificate", pos[0])
 	if err != nil {
 		return err
 	}
 	c, err := cert.Decode(data)
 	if err != nil {
-		if errors.Is(err, signed.ErrKind) {
-			return cli.Usagef("%s: %v", pos[0], err)
-		}
-		return cli.Usagef("%s: not a PVC certificate: %v", pos[0], err)
+		return cli.Usagef("%s: %v", pos[0], err)
 	}
 	var verr error
 	var verified *bool
-	if *revPath != "" && *bundlePath == "" {
-		return cli.Usagef("--revocation needs --bundle")
-	}
 	if *bundlePath != "" {
 		bd, err := readInput("--bundle", *bundlePath)
 		if err != nil {
@@ -229,4 +224,3 @@ certificate that does not verify makes the exit status 1.`, stdout)
 	}
 	return verr
 }
-

@@ -155,12 +155,12 @@ func (o *Object) Encode() []byte { return o.raw }
 // returned object aliases nothing in b.
 func Decode(b []byte) (*Object, error) {
 	if len(b) > MaxSize {
-		return nil, fmt.Errorf("decode signed object: %w: %d bytes, at most %d", ErrFormat, len(b), MaxSize)
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrFormat, len(b), MaxSize)
 	}
 	b = bytes.Clone(b)
 	r := wire.NewReader(b)
 	if m := r.Raw(len(magic)); r.Err() == nil && !bytes.Equal(m, magic) {
-		return nil, fmt.Errorf("decode signed object: %w: not a PVC signed object (or an unknown format version)", ErrFormat)
+		return nil, fmt.Errorf("%w: not a PVC signed object (or an unknown format version)", ErrFormat)
 	}
 	o := &Object{raw: b}
 	o.Kind = Kind(r.U8())
@@ -171,10 +171,10 @@ func Decode(b []byte) (*Object, error) {
 	o.Body = r.Bytes32(MaxBody)
 	o.Sig = r.Raw(ed25519.SignatureSize)
 	if err := r.Done(); err != nil {
-		return nil, fmt.Errorf("decode signed object: %w: %v", ErrFormat, err)
+		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
 	}
 	if err := o.check(); err != nil {
-		return nil, fmt.Errorf("decode signed object: %w", err)
+		return nil, fmt.Errorf("%w", err)
 	}
 	return o, nil
 }
