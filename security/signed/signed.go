@@ -174,7 +174,7 @@ func Decode(b []byte) (*Object, error) {
 		return nil, fmt.Errorf("%w: %v", ErrFormat, err)
 	}
 	if err := o.check(); err != nil {
-		return nil, fmt.Errorf("%w", err)
+		return nil, err
 	}
 	return o, nil
 }
