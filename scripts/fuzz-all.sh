@@ -9,7 +9,7 @@ t=${1:-3s}
 n=0
 fail=0
 while IFS=: read -r file fn; do
-  pkg="./$(dirname "$file")"
+  pkg="./$(dirname "${file#./}")"
   n=$((n + 1))
   if out=$(go test -run '^$' -fuzz "^${fn}\$" -fuzztime "$t" "$pkg" 2>&1); then
     echo "fuzz ok   $pkg $fn ($t)"
