@@ -225,3 +225,34 @@ func TestSubnetFull(t *testing.T) {
 		t.Errorf("allocate = %v, %v", a, err)
 	}
 }
+
+// Two processes' worth of concurrent admissions with a one-use token: the
+// state lock lets exactly one through, and no address is given twice.
+func TestConcurrentAdmissions(t *testing.T) {
+	m, dir := newMaster(t)
+	m2, err := Open(KeyPath(dir, "lab")) // a second handle, as another process would have
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2.SetClock(func() time.Time { return sectest.Now })
+	tok, _ := m.NewToken(TokenOptions{Uses: 1})
+	reqs := [][]byte{request(t, tok, "p1", 41, sectest.Now), request(t, tok, "p2", 42, sectest.Now)}
+	errs := make(chan error, 2)
+	for i, mm := range []*Master{m, m2} {
+		go func() { _, err := mm.Admit(reqs[i]); errs <- err }()
+	}
+	var ok, usedUp int
+	for range 2 {
+		switch err := <-errs; {
+		case err == nil:
+			ok++
+		case errors.Is(err, token.ErrUsedUp):
+			usedUp++
+		default:
+			t.Errorf("admit: %v", err)
+		}
+	}
+	if ok != 1 || usedUp != 1 {
+		t.Errorf("%d admitted, %d refused as used up; want 1 and 1", ok, usedUp)
+	}
+}
