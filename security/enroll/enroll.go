@@ -21,7 +21,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/pvc-project/pvc/security/internal/wire"
+	"github.com/pvc-project/pvc/internal/wire"
 	"github.com/pvc-project/pvc/security/keys"
 	"github.com/pvc-project/pvc/security/name"
 	"github.com/pvc-project/pvc/security/signed"

@@ -33,7 +33,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/pvc-project/pvc/security/internal/wire"
+	"github.com/pvc-project/pvc/internal/wire"
 	"github.com/pvc-project/pvc/security/name"
 	"github.com/pvc-project/pvc/security/signed"
 )

@@ -18,7 +18,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/pvc-project/pvc/security/internal/wire"
+	"github.com/pvc-project/pvc/internal/wire"
 	"github.com/pvc-project/pvc/security/signed"
 )
 

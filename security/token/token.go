@@ -29,7 +29,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pvc-project/pvc/security/internal/wire"
+	"github.com/pvc-project/pvc/internal/wire"
 	"github.com/pvc-project/pvc/security/name"
 	"github.com/pvc-project/pvc/security/signed"
 )
