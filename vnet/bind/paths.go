@@ -1,0 +1,284 @@
+package bind
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// Endpoint is one peer as wireguard-go sees it.
+type Endpoint struct {
+	b    *Bind
+	name string
+
+	direct atomic.Pointer[path] // the confirmed direct path; nil: relay
+
+	mu         sync.Mutex // guards candidates, lastPing, fastLeft
+	candidates []netip.AddrPort
+	lastPing   time.Time
+	fastLeft   int // fast probe rounds left before backing off
+
+	txDirect, txRelay, rxDirect, rxRelay atomic.Uint64
+	changes                              atomic.Uint64 // path changes
+}
+
+type path struct {
+	addr      netip.AddrPort
+	std       conn.Endpoint // carries the sticky source address
+	rtt       time.Duration
+	lastPong  time.Time
+	confirmed time.Time
+}
+
+// Name returns the peer's name.
+func (e *Endpoint) Name() string { return e.name }
+
+// ClearSrc implements conn.Endpoint.
+func (e *Endpoint) ClearSrc() {
+	if d := e.direct.Load(); d != nil {
+		d.std.ClearSrc()
+	}
+}
+
+// SrcToString implements conn.Endpoint.
+func (e *Endpoint) SrcToString() string { return "" }
+
+// DstToString returns the direct address, or "relay".
+func (e *Endpoint) DstToString() string {
+	if d := e.direct.Load(); d != nil {
+		return d.addr.String()
+	}
+	return "relay:" + e.name
+}
+
+// DstToBytes implements conn.Endpoint (used for WireGuard's cookies).
+func (e *Endpoint) DstToBytes() []byte {
+	if d := e.direct.Load(); d != nil {
+		b, _ := d.addr.MarshalBinary()
+		return b
+	}
+	return []byte(e.name)
+}
+
+// DstIP implements conn.Endpoint.
+func (e *Endpoint) DstIP() netip.Addr {
+	if d := e.direct.Load(); d != nil {
+		return d.addr.Addr()
+	}
+	return netip.Addr{}
+}
+
+// SrcIP implements conn.Endpoint.
+func (e *Endpoint) SrcIP() netip.Addr { return netip.Addr{} }
+
+// PathKind names a path.
+type PathKind string
+
+// Path kinds this package knows; the traversal techniques add their own
+// names for direct paths (upnp, punched, ...).
+const (
+	PathDirect PathKind = "direct"
+	PathRelay  PathKind = "relay"
+)
+
+// PeerStatus is what `pvcd peers` shows of a peer's path.
+type PeerStatus struct {
+	Name        string
+	Path        PathKind
+	Remote      string        // the direct address, or "" on the relay
+	RTT         time.Duration // of the direct path's last probe
+	Changes     uint64        // path changes so far
+	TxDirect    uint64        // bytes
+	TxRelay     uint64
+	RxDirect    uint64
+	RxRelay     uint64
+	Candidates  []netip.AddrPort
+	ConfirmedAt time.Time
+}
+
+// Status returns every peer's path, sorted by name.
+func (b *Bind) Status() []PeerStatus {
+	b.mu.Lock()
+	eps := make([]*Endpoint, 0, len(b.peers))
+	for _, e := range b.peers {
+		eps = append(eps, e)
+	}
+	b.mu.Unlock()
+	out := make([]PeerStatus, 0, len(eps))
+	for _, e := range eps {
+		s := PeerStatus{Name: e.name, Path: PathRelay, Changes: e.changes.Load(),
+			TxDirect: e.txDirect.Load(), TxRelay: e.txRelay.Load(), RxDirect: e.rxDirect.Load(), RxRelay: e.rxRelay.Load()}
+		if d := e.direct.Load(); d != nil {
+			s.Path, s.Remote, s.RTT, s.ConfirmedAt = PathDirect, d.addr.String(), d.rtt, d.confirmed
+		}
+		e.mu.Lock()
+		s.Candidates = append([]netip.AddrPort(nil), e.candidates...)
+		e.mu.Unlock()
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+const (
+	maxCandidates = 8
+	fastRounds    = 25
+)
+
+// Run probes the peers' paths until ctx ends: every candidate of a peer
+// without a direct path each tick (ProbeInterval/10) for fastRounds ticks
+// after its candidates change, then every ProbeInterval; the direct path
+// of the others every ProbeInterval; a direct path unanswered for three
+// intervals is dropped and traffic falls back to the relay.
+func (b *Bind) Run(ctx context.Context) {
+	tick := b.cfg.ProbeInterval / 10
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		b.probeRound()
+	}
+}
+
+func (b *Bind) probeRound() {
+	now := b.cfg.Now()
+	b.mu.Lock()
+	if !b.opened {
+		b.mu.Unlock()
+		return
+	}
+	for n, p := range b.nonces {
+		if now.Sub(p.sent) > 3*b.cfg.ProbeInterval {
+			delete(b.nonces, n)
+		}
+	}
+	eps := make([]*Endpoint, 0, len(b.peers))
+	for _, e := range b.peers {
+		eps = append(eps, e)
+	}
+	b.mu.Unlock()
+	for _, e := range eps {
+		d := e.direct.Load()
+		if d != nil && now.Sub(d.lastPong) > 3*b.cfg.ProbeInterval {
+			if e.direct.CompareAndSwap(d, nil) {
+				e.changes.Add(1)
+			}
+			d = nil
+		}
+		e.mu.Lock()
+		var targets []netip.AddrPort
+		switch {
+		case d == nil && e.fastLeft > 0:
+			e.fastLeft--
+			targets = append(targets, e.candidates...)
+		case d == nil && now.Sub(e.lastPing) >= b.cfg.ProbeInterval:
+			targets = append(targets, e.candidates...) // backed off: nothing answered
+		case d != nil && now.Sub(e.lastPing) >= b.cfg.ProbeInterval:
+			targets = append(targets, d.addr)
+		}
+		if len(targets) > 0 {
+			e.lastPing = now
+		}
+		e.mu.Unlock()
+		for _, a := range targets {
+			b.sendProbe(e.name, a, false, 0)
+		}
+	}
+}
+
+// sendProbe sends a ping (a new nonce) or a pong (echoing nonce).
+func (b *Bind) sendProbe(peer string, to netip.AddrPort, pong bool, nonce uint64) {
+	if !pong {
+		var n [8]byte
+		_, _ = rand.Read(n[:])
+		nonce = binary.BigEndian.Uint64(n[:])
+		b.mu.Lock()
+		b.nonces[nonce] = pending{peer: peer, addr: to, sent: b.cfg.Now()}
+		b.mu.Unlock()
+	}
+	p := probe{pong: pong, nonce: nonce, from: b.cfg.Self, to: peer}
+	if b.cfg.Auth != nil {
+		p.sig = b.cfg.Auth.Sign(p.signedPart())
+	}
+	msg, err := p.marshal()
+	if err != nil {
+		return
+	}
+	ep, err := b.std.ParseEndpoint(to.String())
+	if err != nil {
+		return
+	}
+	_ = b.std.Send([][]byte{msg}, ep)
+}
+
+// handleProbe answers pings and confirms paths on pongs. A verified probe
+// from an address also lets WireGuard datagrams from that address in as
+// the peer's.
+func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, std conn.Endpoint) {
+	p, err := parseProbe(pkt)
+	if err != nil || p.to != b.cfg.Self || p.from == b.cfg.Self {
+		return
+	}
+	if b.cfg.Auth != nil && !b.cfg.Auth.Verify(p.from, p.signedPart(), p.sig) {
+		return
+	}
+	now := b.cfg.Now()
+	b.mu.Lock()
+	ep := b.peerLocked(p.from)
+	b.byAddr[from] = ep
+	var pend pending
+	var ok bool
+	if p.pong {
+		pend, ok = b.nonces[p.nonce]
+		if ok {
+			delete(b.nonces, p.nonce)
+		}
+	}
+	b.mu.Unlock()
+	if !p.pong {
+		ep.mu.Lock()
+		known := false
+		for _, c := range ep.candidates {
+			known = known || c == from
+		}
+		if !known && len(ep.candidates) < maxCandidates {
+			// Peer-reflexive: the address its NAT gave it toward us.
+			ep.candidates = append(ep.candidates, from)
+		}
+		ep.mu.Unlock()
+		b.sendProbe(p.from, from, true, p.nonce)
+		return
+	}
+	if !ok || pend.peer != p.from || pend.addr != from {
+		return
+	}
+	rtt := now.Sub(pend.sent)
+	for {
+		cur := ep.direct.Load()
+		next := &path{addr: from, std: std, rtt: rtt, lastPong: now, confirmed: now}
+		if cur != nil {
+			if cur.addr == from {
+				next.confirmed = cur.confirmed
+			} else if cur.rtt <= rtt && now.Sub(cur.lastPong) < b.cfg.ProbeInterval {
+				return // keep the faster path that still answers
+			}
+		}
+		if ep.direct.CompareAndSwap(cur, next) {
+			if cur == nil || cur.addr != from {
+				ep.changes.Add(1)
+			}
+			return
+		}
+	}
+}
