@@ -1,0 +1,102 @@
+// Package tun is PVC's default interposer: a Linux TUN device that carries
+// the applications' packets for the cluster's subnet to pvcd. It uses
+// wireguard-go's TUN, which opens the device with IFF_VNET_HDR and
+// negotiates TSO/USO offloads, so the kernel hands over large batches.
+//
+// Create configures the device in the network namespace of the calling
+// OS thread: the address (the peer's virtual IP with the cluster's prefix
+// length, which also installs the route to the cluster's subnet), the MTU,
+// and the link state. Close removes the device with everything on it.
+package tun
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	wgtun "golang.zx2c4.com/wireguard/tun"
+)
+
+// DefaultName is the interface name pvcd uses unless told otherwise.
+const DefaultName = "pvc0"
+
+// DefaultMTU leaves room for WireGuard's 80 bytes of overhead (IPv6 outer
+// header) in a 1500-byte path: 1420, as wireguard-go's default.
+const DefaultMTU = 1420
+
+// Config describes the device.
+type Config struct {
+	Name   string       // interface name; "" means DefaultName
+	MTU    int          // 0 means DefaultMTU
+	Prefix netip.Prefix // the peer's address with the cluster's prefix length, e.g. 240.7.0.3/16
+}
+
+// Device is a configured TUN device.
+type Device struct {
+	wgtun.Device
+	name   string
+	prefix netip.Prefix
+}
+
+// ErrConfig is wrapped by errors about a bad Config.
+var ErrConfig = errors.New("bad TUN configuration")
+
+var overlay = netip.MustParsePrefix("240.0.0.0/4")
+
+// Create makes and configures the TUN device in the calling thread's
+// network namespace. It needs CAP_NET_ADMIN.
+func Create(cfg Config) (*Device, error) {
+	if cfg.Name == "" {
+		cfg.Name = DefaultName
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = DefaultMTU
+	}
+	if !cfg.Prefix.IsValid() || !cfg.Prefix.Addr().Is4() || !overlay.Contains(cfg.Prefix.Addr()) || cfg.Prefix.Bits() < 4 {
+		return nil, fmt.Errorf("%w: address %v: want an IPv4 address in 240.0.0.0/4 with its cluster's prefix length", ErrConfig, cfg.Prefix)
+	}
+	if cfg.MTU < 576 || cfg.MTU > 65535 {
+		return nil, fmt.Errorf("%w: MTU %d: want 576 to 65535", ErrConfig, cfg.MTU)
+	}
+	if len(cfg.Name) > 15 {
+		return nil, fmt.Errorf("%w: interface name %q: at most 15 bytes", ErrConfig, cfg.Name)
+	}
+	dev, err := wgtun.CreateTUN(cfg.Name, cfg.MTU)
+	if err != nil {
+		return nil, fmt.Errorf("create TUN %s: %w", cfg.Name, err)
+	}
+	name, err := dev.Name()
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	d := &Device{Device: dev, name: name, prefix: cfg.Prefix}
+	if err := d.configure(); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("configure TUN %s: %w", name, err)
+	}
+	return d, nil
+}
+
+func (d *Device) configure() error {
+	link, err := netlink.LinkByName(d.name)
+	if err != nil {
+		return err
+	}
+	addr := &netlink.Addr{IPNet: prefixToIPNet(d.prefix)}
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("address %v: %w", d.prefix, err)
+	}
+	// Queue length: the kernel default (500 for TUN) drops bursts.
+	if err := netlink.LinkSetTxQLen(link, 1000); err != nil {
+		return err
+	}
+	return netlink.LinkSetUp(link)
+}
+
+// Name returns the interface name.
+func (d *Device) Name() (string, error) { return d.name, nil }
+
+// Prefix returns the configured address and prefix.
+func (d *Device) Prefix() netip.Prefix { return d.prefix }
