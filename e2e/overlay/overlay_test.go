@@ -36,7 +36,7 @@ type node struct {
 	port uint16
 }
 
-func newNode(t *testing.T, ctx context.Context, wg *sync.WaitGroup, relay *bindtest.Relay, h *netlab.Host, name string, ip netip.Addr) *node {
+func newNode(t testing.TB, ctx context.Context, wg *sync.WaitGroup, relay *bindtest.Relay, h *netlab.Host, name string, ip netip.Addr) *node {
 	t.Helper()
 	var td *tun.Device
 	if err := h.Do(func() error {
@@ -74,10 +74,16 @@ func newNode(t *testing.T, ctx context.Context, wg *sync.WaitGroup, relay *bindt
 	return n
 }
 
-func (n *node) addPeer(t *testing.T, o *node) {
+// addPeer configures o as n's peer. Only one side of a pair should keep
+// alive (the NATed one, as pvcd does): keepalives set on both sides at once
+// start two handshakes that collide, and WireGuard settles that only after
+// its 5 s rekey timeout.
+func (n *node) addPeer(t testing.TB, o *node, keepalive bool) {
 	t.Helper()
-	conf := fmt.Sprintf("public_key=%s\nendpoint=peer:%s\nallowed_ip=%s/32\npersistent_keepalive_interval=10\n",
-		hex.EncodeToString(o.pub[:]), o.name, o.ip)
+	conf := fmt.Sprintf("public_key=%s\nendpoint=peer:%s\nallowed_ip=%s/32\n", hex.EncodeToString(o.pub[:]), o.name, o.ip)
+	if keepalive {
+		conf += "persistent_keepalive_interval=25\n"
+	}
 	if err := n.dev.IpcSet(conf); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +100,7 @@ func (n *node) path(peer string) bind.PeerStatus {
 
 // transfer sends size bytes over TCP from the from host to to's address
 // (inside to's host) and checks them with SHA-256. It returns Mbit/s.
-func transfer(t *testing.T, from, to *netlab.Host, dst netip.Addr, size int) float64 {
+func transfer(t testing.TB, from, to *netlab.Host, dst netip.Addr, size int) float64 {
 	t.Helper()
 	var ln net.Listener
 	if err := to.Do(func() error {
@@ -172,8 +178,8 @@ func TestOverlayAcrossNATs(t *testing.T) {
 	}{{"cone", bind.PathDirect}, {"sym", bind.PathDirect}, {"ub", bind.PathRelay}} {
 		t.Run(tc.site, func(t *testing.T) {
 			n := newNode(t, ctx, &wg, relay, l.Site(tc.site).Hosts[0], tc.site, netip.AddrFrom4([4]byte{240, 9, 0, byte(10 + i)}))
-			n.addPeer(t, pub)
-			pub.addPeer(t, n)
+			n.addPeer(t, pub, true)
+			pub.addPeer(t, n, false)
 			n.bind.SetCandidates("pub", []netip.AddrPort{netip.AddrPortFrom(pub.host.Addr, pub.port)})
 			deadline := time.Now().Add(5 * time.Second)
 			for n.path("pub").Path != tc.want && time.Now().Before(deadline) {
