@@ -10,7 +10,7 @@ func TestCreateBadConfig(t *testing.T) {
 	for _, c := range []Config{
 		{Prefix: netip.MustParsePrefix("198.18.0.5/24")}, // not in 240.0.0.0/4
 		{Prefix: netip.MustParsePrefix("240.1.0.1/2")},   // prefix wider than the overlay
-		{},                                              // no address
+		{}, // no address
 		{Prefix: netip.MustParsePrefix("240.1.0.1/16"), MTU: 100},
 		{Prefix: netip.MustParsePrefix("240.1.0.1/16"), Name: "a-name-far-too-long"},
 	} {
