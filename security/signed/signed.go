@@ -48,6 +48,7 @@ const (
 	KindRevocation Kind = 4 // revocation list; subject: cluster name
 	KindPolicy     Kind = 5 // global policy; subject: cluster name
 	KindEnroll     Kind = 6 // enrollment request (signed by the peer); subject: requested name
+	KindEndpoints  Kind = 7 // a peer's candidate endpoints (signed by the peer); subject: peer name; version: Unix ns
 )
 
 var kindNames = [...]string{
@@ -57,6 +58,7 @@ var kindNames = [...]string{
 	KindRevocation: "revocation",
 	KindPolicy:     "policy",
 	KindEnroll:     "enroll-request",
+	KindEndpoints:  "endpoints",
 }
 
 // String returns the kind's name, the one in the signed context.
