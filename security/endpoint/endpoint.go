@@ -157,7 +157,9 @@ func DecodeBody(b []byte) ([]Endpoint, error) {
 		switch fam := r.U8(); {
 		case r.Err() != nil:
 		case fam == 4:
-			a = netip.AddrFrom4([4]byte(r.Raw(4)))
+			if raw := r.Raw(4); raw != nil { // nil when truncated (the reader's error is set)
+				a = netip.AddrFrom4([4]byte(raw))
+			}
 		case fam == 6:
 			raw := r.Raw(16)
 			if raw != nil {
