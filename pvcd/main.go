@@ -42,6 +42,10 @@ func verbs() []cli.Verb {
 		certVerb(),
 		revokeVerb(),
 		policyVerb(),
+		statusVerb(),
+		peersVerb(),
+		pingVerb(),
+		downVerb(),
 	}
 }
 
