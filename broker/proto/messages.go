@@ -42,11 +42,12 @@ type Error struct {
 
 // Error codes.
 const (
-	CodeRefused  uint16 = 1 // authentication refused
-	CodeLimit    uint16 = 2 // a limit was reached
-	CodeProtocol uint16 = 3 // a malformed or unexpected message
-	CodeOverflow uint16 = 4 // the session's outbound queue overflowed
-	CodeRevoked  uint16 = 5 // the peer was revoked
+	CodeRefused     uint16 = 1 // authentication refused
+	CodeLimit       uint16 = 2 // a limit was reached
+	CodeProtocol    uint16 = 3 // a malformed or unexpected message
+	CodeOverflow    uint16 = 4 // the session's outbound queue overflowed
+	CodeRevoked     uint16 = 5 // the peer was revoked
+	CodeUnavailable uint16 = 6 // no master reachable, no answer in time: try another broker
 )
 
 func (e *Error) Error() string { return e.Text }
@@ -284,7 +285,11 @@ func (m *EnrollForward) decode(r *wire.Reader) {
 	m.ID, m.Request = r.U64(), clone(r.Bytes32(MaxRequest))
 }
 
-func (m *EnrollResult) encode(w *wire.Writer) { w.U64(m.ID); w.Bytes32(m.Cert); w.Bytes32([]byte(m.Err)) }
+func (m *EnrollResult) encode(w *wire.Writer) {
+	w.U64(m.ID)
+	w.Bytes32(m.Cert)
+	w.Bytes32([]byte(m.Err))
+}
 func (m *EnrollResult) decode(r *wire.Reader) {
 	m.ID, m.Cert, m.Err = r.U64(), clone(r.Bytes32(MaxObject)), string(r.Bytes32(MaxText))
 }

@@ -28,23 +28,23 @@ const ALPN = "pvc-broker/1"
 
 // Limits of the protocol.
 const (
-	MaxPayload     = 1<<20 + 4<<10 // largest frame payload
-	MaxObject      = MaxPayload - 64
-	MaxSignal      = 8 << 10  // largest signal payload
-	MaxRelay       = 64 << 10 // largest relayed datagram
-	MaxText        = 4096     // error texts
-	MaxCredential  = 64 << 10
-	MaxRequest     = 64 << 10 // enrollment request
-	MaxName        = 255      // peer and cluster names, subjects, addresses
-	MaxObjects     = 4096     // objects in one Objects frame
-	MaxInventory   = 1 << 16  // entries in one Inventory frame
-	NonceSize      = 32
-	IDSize         = 16
-	ExporterSize   = 32
-	ExporterLabel  = "pvc broker auth"
-	headerSize     = 5
-	authContext    = "pvc broker auth v1"
-	signalContext  = "pvc signal v1"
+	MaxPayload    = 1<<20 + 4<<10 // largest frame payload
+	MaxObject     = MaxPayload - 64
+	MaxSignal     = 8 << 10  // largest signal payload
+	MaxRelay      = 64 << 10 // largest relayed datagram
+	MaxText       = 4096     // error texts
+	MaxCredential = 64 << 10
+	MaxRequest    = 64 << 10 // enrollment request
+	MaxName       = 255      // peer and cluster names, subjects, addresses
+	MaxObjects    = 4096     // objects in one Objects frame
+	MaxInventory  = 1 << 16  // entries in one Inventory frame
+	NonceSize     = 32
+	IDSize        = 16
+	ExporterSize  = 32
+	ExporterLabel = "pvc broker auth"
+	headerSize    = 5
+	authContext   = "pvc broker auth v1"
+	signalContext = "pvc signal v1"
 )
 
 // Sentinel errors.

@@ -1,0 +1,269 @@
+package client
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/pvc-project/pvc/broker/proto"
+	"github.com/pvc-project/pvc/security/bundle"
+)
+
+// session is one TLS session with one broker.
+type session struct {
+	addr     string
+	conn     *tls.Conn
+	observed netip.AddrPort
+
+	out  chan []byte
+	done chan struct{}
+	once sync.Once
+
+	mu      sync.Mutex
+	nextReq uint32
+	pending map[uint32]chan proto.Message
+}
+
+const handshakeTimeout = 10 * time.Second
+
+// dial opens a session: TCP, TLS with the broker's pinned key, Hello,
+// Challenge, Auth signed with key, Welcome. cred is the peer's certificate
+// (a master sends its public key, an enrollee nothing).
+func dial(ctx context.Context, b bundle.Broker, role proto.Role, cluster string, cred []byte, key ed25519.PrivateKey, queue int) (*session, error) {
+	if b.Key == nil {
+		return nil, fmt.Errorf("broker %s: no pinned key in the cluster bundle", b.Addr)
+	}
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", b.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("broker %s: %w", b.Addr, err)
+	}
+	tc := tls.Client(raw, proto.ClientTLS(b.Key))
+	ok := false
+	defer func() {
+		if !ok {
+			tc.Close()
+		}
+	}()
+	if dl, has := ctx.Deadline(); has {
+		tc.SetDeadline(dl)
+	}
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("broker %s: %w", b.Addr, err)
+	}
+	if err := proto.WriteMessage(tc, &proto.Hello{Version: proto.Version, Role: role, Cluster: cluster}); err != nil {
+		return nil, fmt.Errorf("broker %s: %w", b.Addr, err)
+	}
+	m, err := readExpect[*proto.Challenge](tc, b.Addr)
+	if err != nil {
+		return nil, err
+	}
+	exp, err := proto.Exporter(tc.ConnectionState())
+	if err != nil {
+		return nil, err
+	}
+	auth := &proto.Auth{}
+	switch role {
+	case proto.RolePeer:
+		auth.Credential = cred
+	case proto.RoleMaster:
+		auth.Credential = key.Public().(ed25519.PublicKey)
+	}
+	if role != proto.RoleEnrollee {
+		auth.Sig = ed25519.Sign(key, proto.AuthMessage(role, cluster, m.Nonce[:], b.Key, exp))
+	}
+	if err := proto.WriteMessage(tc, auth); err != nil {
+		return nil, fmt.Errorf("broker %s: %w", b.Addr, err)
+	}
+	if _, err := readExpect[*proto.Welcome](tc, b.Addr); err != nil {
+		return nil, err
+	}
+	tc.SetDeadline(time.Time{})
+	ok = true
+	s := &session{addr: b.Addr, conn: tc, out: make(chan []byte, queue), done: make(chan struct{}),
+		pending: map[uint32]chan proto.Message{}}
+	s.observed, _ = netip.ParseAddrPort(m.Observed)
+	return s, nil
+}
+
+// readExpect reads one message of type T; an Error frame becomes ErrRefused.
+func readExpect[T proto.Message](c net.Conn, addr string) (T, error) {
+	var zero T
+	m, err := proto.ReadMessage(c)
+	if err != nil {
+		return zero, fmt.Errorf("broker %s: %w", addr, err)
+	}
+	if e, ok := m.(*proto.Error); ok {
+		return zero, fmt.Errorf("broker %s: %w: %s", addr, ErrRefused, e.Text)
+	}
+	t, ok := m.(T)
+	if !ok {
+		return zero, fmt.Errorf("broker %s: unexpected %s", addr, m.Type())
+	}
+	return t, nil
+}
+
+func (s *session) close() {
+	s.once.Do(func() {
+		close(s.done)
+		s.conn.Close()
+	})
+}
+
+// run serves the session: a writer, a keepalive and the reader (here) until
+// the session fails or ctx ends.
+func (s *session) run(ctx context.Context, keepalive, idle time.Duration, handle func(*session, proto.Message) error) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer s.close()
+	wg.Add(2)
+	go func() { defer wg.Done(); s.writer() }()
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(keepalive)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				s.close()
+				return
+			case <-s.done:
+				return
+			case <-t.C:
+				s.trySend(&proto.Ping{Nonce: uint64(time.Now().UnixNano())})
+			}
+		}
+	}()
+	defer s.failPending()
+	for {
+		s.conn.SetReadDeadline(time.Now().Add(idle))
+		m, err := proto.ReadMessage(s.conn)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		switch m := m.(type) {
+		case *proto.Ping:
+			s.trySend(&proto.Pong{Nonce: m.Nonce})
+		case *proto.Pong:
+		case *proto.Ack:
+			s.answer(m.Req, m)
+		case *proto.Object:
+			s.answer(m.Req, m)
+		default:
+			if err := handle(s, m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (s *session) writer() {
+	defer s.close()
+	for {
+		select {
+		case f := <-s.out:
+			s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			if _, err := s.conn.Write(f); err != nil {
+				return
+			}
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// trySend queues m without blocking; false if the queue is full or closed.
+func (s *session) trySend(m proto.Message) bool {
+	f, err := proto.Frame(m)
+	if err != nil {
+		return false
+	}
+	select {
+	case s.out <- f:
+		return true
+	case <-s.done:
+	default:
+	}
+	return false
+}
+
+// send queues m, waiting for room.
+func (s *session) send(m proto.Message) error { return s.sendCtx(context.Background(), m) }
+
+func (s *session) sendCtx(ctx context.Context, m proto.Message) error {
+	f, err := proto.Frame(m)
+	if err != nil {
+		return err
+	}
+	select {
+	case s.out <- f:
+		return nil
+	case <-s.done:
+		return ErrClientClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// request sends a Publish or Lookup and waits for its answer.
+func (s *session) request(ctx context.Context, m proto.Message) (proto.Message, error) {
+	ch := make(chan proto.Message, 1)
+	s.mu.Lock()
+	if s.pending == nil {
+		s.mu.Unlock()
+		return nil, ErrClientClosed
+	}
+	s.nextReq++
+	id := s.nextReq
+	s.pending[id] = ch
+	s.mu.Unlock()
+	defer func() { s.mu.Lock(); delete(s.pending, id); s.mu.Unlock() }()
+	switch m := m.(type) {
+	case *proto.Publish:
+		m.Req = id
+	case *proto.Lookup:
+		m.Req = id
+	}
+	if err := s.sendCtx(ctx, m); err != nil {
+		return nil, err
+	}
+	select {
+	case a, ok := <-ch:
+		if !ok {
+			return nil, fmt.Errorf("broker %s: %w", s.addr, ErrClientClosed)
+		}
+		return a, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (s *session) answer(id uint32, m proto.Message) {
+	s.mu.Lock()
+	ch := s.pending[id]
+	delete(s.pending, id)
+	s.mu.Unlock()
+	if ch != nil {
+		ch <- m
+	}
+}
+
+func (s *session) failPending() {
+	s.mu.Lock()
+	for id, ch := range s.pending {
+		close(ch)
+		delete(s.pending, id)
+	}
+	s.pending = nil
+	s.mu.Unlock()
+}

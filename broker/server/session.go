@@ -1,0 +1,385 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pvc-project/pvc/broker/proto"
+	"github.com/pvc-project/pvc/security/cert"
+	"github.com/pvc-project/pvc/security/keys"
+)
+
+// session is one authenticated connection: a peer, enrollee, master or
+// replica link. Its reader runs in the goroutine that serves the connection;
+// its writer drains a bounded queue so that a slow client never blocks the
+// broker.
+type session struct {
+	srv    *Server
+	id     uint64
+	conn   net.Conn
+	remote netip.AddrPort
+	role   proto.Role
+	cl     *cluster // nil for a replica link
+	name   string   // peer name; replica: its key
+	serial uint64   // peer: its certificate's serial
+	relay  *bucket  // peer: relay byte budget
+
+	out    chan []byte // frames; nil asks the writer to close after the frames before it
+	qbytes atomic.Int64
+	done   chan struct{}
+	once   sync.Once
+
+	enrolled bool // enrollee: its request was sent (reader goroutine only)
+}
+
+func (s *Server) newSession(c net.Conn, remote netip.AddrPort, role proto.Role) *session {
+	return &session{srv: s, id: newID(), conn: c, remote: remote, role: role,
+		out: make(chan []byte, s.cfg.Limits.QueueFrames), done: make(chan struct{})}
+}
+
+// close ends the session at once. It never takes srv.mu.
+func (ss *session) close() {
+	ss.once.Do(func() {
+		close(ss.done)
+		ss.conn.Close()
+	})
+}
+
+type sendMode int
+
+const (
+	mustSend   sendMode = iota // a full queue closes the session
+	dropIfFull                 // a full queue drops the frame (relay, signals)
+)
+
+// send queues m without blocking. It may be called with srv.mu held.
+func (ss *session) send(m proto.Message, mode sendMode) bool {
+	if h := ss.srv.cfg.Hook; h != nil && ss.role != proto.RoleReplica {
+		if m = h(m); m == nil {
+			return true
+		}
+	}
+	f, err := proto.Frame(m)
+	if err != nil {
+		ss.srv.log.Error("frame to send", "type", m.Type(), "err", err)
+		return false
+	}
+	lim := ss.srv.cfg.Limits
+	if ss.qbytes.Load()+int64(len(f)) <= int64(lim.QueueBytes) {
+		select {
+		case ss.out <- f:
+			ss.qbytes.Add(int64(len(f)))
+			return true
+		case <-ss.done:
+			return false
+		default:
+		}
+	}
+	if mode == dropIfFull {
+		ss.srv.metrics.queueDrops.Add(1)
+		return false
+	}
+	ss.srv.metrics.overflows.Add(1)
+	ss.srv.log.Warn("session queue full: closing", "role", ss.role, "name", ss.name, "addr", ss.remote)
+	ss.close()
+	return false
+}
+
+// closeAfter queues m and then closes the session once it is written.
+func (ss *session) closeAfter(m proto.Message) {
+	if !ss.send(m, dropIfFull) {
+		ss.close()
+		return
+	}
+	select {
+	case ss.out <- nil:
+	default:
+		ss.close()
+	}
+}
+
+func (ss *session) writer() {
+	defer ss.close()
+	var buf []byte
+	for {
+		var f []byte
+		select {
+		case f = <-ss.out:
+		case <-ss.done:
+			return
+		}
+		if f == nil {
+			return
+		}
+		buf = append(buf[:0], f...)
+	more:
+		for len(buf) < 256<<10 {
+			select {
+			case g := <-ss.out:
+				if g == nil {
+					ss.write(buf)
+					return
+				}
+				buf = append(buf, g...)
+			default:
+				break more
+			}
+		}
+		if !ss.write(buf) {
+			return
+		}
+	}
+}
+
+func (ss *session) write(b []byte) bool {
+	ss.qbytes.Add(-int64(len(b)))
+	ss.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err := ss.conn.Write(b)
+	return err == nil
+}
+
+// refusal is an authentication failure: what the client is told and the
+// short reason counted in the metrics.
+type refusal struct {
+	reason string
+	err    error
+}
+
+func (r *refusal) Error() string { return r.err.Error() }
+
+func refuse(reason string, format string, args ...any) *refusal {
+	return &refusal{reason: reason, err: fmt.Errorf(format, args...)}
+}
+
+func certReason(err error) string {
+	switch {
+	case errors.Is(err, cert.ErrWrongSigner):
+		return "other-master"
+	case errors.Is(err, cert.ErrOtherCluster):
+		return "other-cluster"
+	case errors.Is(err, cert.ErrRevoked):
+		return "revoked"
+	case errors.Is(err, cert.ErrExpired):
+		return "expired"
+	case errors.Is(err, cert.ErrNotYetValid):
+		return "not-yet-valid"
+	case errors.Is(err, cert.ErrBadSignature):
+		return "bad-signature"
+	}
+	return "invalid"
+}
+
+// serveConn runs the handshake, then the session's reader; it returns when
+// the session ends.
+func (s *Server) serveConn(ctx context.Context, c net.Conn, src netip.AddrPort) {
+	lim := s.cfg.Limits
+	tc := tls.Server(c, s.tls)
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(lim.HandshakeTimeout))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		s.log.Info(fmt.Sprintf("tls handshake failed from %s: %v", src, err))
+		return
+	}
+	m, err := proto.ReadMessage(tc)
+	if err != nil {
+		return
+	}
+	hello, ok := m.(*proto.Hello)
+	if !ok || hello.Version != proto.Version || !hello.Role.Valid() {
+		s.metrics.refused("protocol")
+		proto.WriteMessage(tc, &proto.Error{Code: proto.CodeProtocol, Text: fmt.Sprintf("want hello of protocol version %d", proto.Version)})
+		return
+	}
+	s.mu.Lock()
+	full := s.nsess >= lim.MaxSessions
+	if !full {
+		s.nsess++
+	}
+	s.mu.Unlock()
+	if full {
+		s.metrics.refused("limit")
+		s.log.Warn(fmt.Sprintf("refused %s from %s: too many sessions", hello.Role, src))
+		proto.WriteMessage(tc, &proto.Error{Code: proto.CodeLimit, Text: "broker full: too many sessions"})
+		return
+	}
+	defer func() { s.mu.Lock(); s.nsess--; s.mu.Unlock() }()
+	if hello.Role == proto.RoleEnrollee && !s.enrolls.allow(src.Addr(), 1, s.cfg.Now()) {
+		s.metrics.refused("rate")
+		s.log.Warn(fmt.Sprintf("refused enrollee from %s: enrollment rate limit", src))
+		proto.WriteMessage(tc, &proto.Error{Code: proto.CodeLimit, Text: "enrollment rate limit: try later"})
+		return
+	}
+	ch := &proto.Challenge{Observed: src.String()}
+	rand.Read(ch.Nonce[:])
+	if err := proto.WriteMessage(tc, ch); err != nil {
+		return
+	}
+	if m, err = proto.ReadMessage(tc); err != nil {
+		return
+	}
+	auth, ok := m.(*proto.Auth)
+	if !ok {
+		s.metrics.refused("protocol")
+		proto.WriteMessage(tc, &proto.Error{Code: proto.CodeProtocol, Text: "want auth"})
+		return
+	}
+	exp, err := proto.Exporter(tc.ConnectionState())
+	if err != nil {
+		return
+	}
+	ss := s.newSession(tc, src, hello.Role)
+	signed := proto.AuthMessage(hello.Role, hello.Cluster, ch.Nonce[:], s.pub, exp)
+	if rf := s.authenticate(ss, hello, auth, signed); rf != nil {
+		s.metrics.refused(rf.reason)
+		who := ss.name
+		if who == "" {
+			who = "?"
+		}
+		s.log.Warn(fmt.Sprintf("refused %s %s from %s: %s", hello.Role, who, src, rf.err),
+			"reason", rf.reason, "cluster", hello.Cluster)
+		proto.WriteMessage(tc, &proto.Error{Code: proto.CodeRefused, Text: "refused: " + rf.err.Error()})
+		return
+	}
+	if err := s.register(ss); err != nil {
+		proto.WriteMessage(tc, &proto.Error{Code: proto.CodeLimit, Text: err.Error()})
+		return
+	}
+	defer s.unregister(ss)
+	tc.SetDeadline(time.Time{})
+	if err := proto.WriteMessage(tc, &proto.Welcome{Session: ss.id, Time: s.cfg.Now().UnixNano()}); err != nil {
+		return
+	}
+	s.log.Info("session", "role", ss.role, "name", ss.name, "cluster", hello.Cluster, "addr", src)
+	s.runSession(ss)
+}
+
+// runSession runs the writer and the reader of an established session until
+// it ends.
+func (s *Server) runSession(ss *session) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); ss.writer() }()
+	defer wg.Wait()
+	defer ss.close()
+	if ss.role == proto.RoleReplica {
+		s.sendInventory(ss)
+	}
+	idle := s.cfg.Limits.IdleTimeout
+	for {
+		ss.conn.SetReadDeadline(time.Now().Add(idle))
+		t, p, err := proto.ReadFrame(ss.conn)
+		if err != nil {
+			return
+		}
+		m, err := proto.Unmarshal(t, p)
+		if err == nil {
+			err = s.handle(ss, m)
+		}
+		if err != nil {
+			s.log.Info("closing session", "role", ss.role, "name", ss.name, "addr", ss.remote, "err", err)
+			ss.closeAfter(&proto.Error{Code: proto.CodeProtocol, Text: err.Error()})
+			return
+		}
+	}
+}
+
+func (s *Server) authenticate(ss *session, h *proto.Hello, a *proto.Auth, msg []byte) *refusal {
+	if h.Role == proto.RoleReplica {
+		key := ed25519.PublicKey(a.Credential)
+		if len(key) != ed25519.PublicKeySize || !s.knownBroker(key) {
+			return refuse("unknown-replica", "replica key is pinned in no bundle this broker serves")
+		}
+		ss.name = keys.FormatPublic(key)
+		if !ed25519.Verify(key, msg, a.Sig) {
+			return refuse("bad-signature", "bad auth signature")
+		}
+		return nil
+	}
+	s.mu.Lock()
+	cl := s.clusters[h.Cluster]
+	s.mu.Unlock()
+	if h.Role == proto.RolePeer {
+		if c, err := cert.Decode(a.Credential); err == nil {
+			ss.name = c.Name
+		}
+	}
+	if cl == nil {
+		return refuse("unknown-cluster", "this broker serves no cluster %q", h.Cluster)
+	}
+	ss.cl = cl
+	switch h.Role {
+	case proto.RolePeer:
+		c, err := cl.trust().VerifyCert(a.Credential, s.cfg.Now())
+		if err != nil {
+			return &refusal{reason: certReason(err), err: err}
+		}
+		if !ed25519.Verify(c.SignKey, msg, a.Sig) {
+			return refuse("bad-signature", "bad auth signature for %q", c.Name)
+		}
+		ss.name, ss.serial = c.Name, c.Serial
+		ss.relay = newBucket(s.cfg.Limits.RelayRate, s.cfg.Now())
+	case proto.RoleMaster:
+		mk := cl.trust().Bundle().MasterKey
+		ss.name = "master"
+		if !bytes.Equal(a.Credential, mk) {
+			return refuse("other-master", "not the master key of cluster %q", h.Cluster)
+		}
+		if !ed25519.Verify(mk, msg, a.Sig) {
+			return refuse("bad-signature", "bad auth signature")
+		}
+	case proto.RoleEnrollee:
+		if len(a.Credential) != 0 || len(a.Sig) != 0 {
+			return refuse("protocol", "an enrollee sends no credential")
+		}
+	}
+	return nil
+}
+
+func (s *Server) register(ss *session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != stateRunning {
+		return errors.New("broker shutting down")
+	}
+	s.sessions[ss.id] = ss
+	s.metrics.sessions[ss.role].Add(1)
+	switch ss.role {
+	case proto.RolePeer:
+		ss.cl.peers[ss.name] = ss
+	case proto.RoleMaster:
+		ss.cl.masters[ss.id] = ss
+	case proto.RoleReplica:
+		s.replicas[ss.id] = ss
+	}
+	return nil
+}
+
+func (s *Server) unregister(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, ss.id)
+	delete(s.replicas, ss.id)
+	s.metrics.sessions[ss.role].Add(-1)
+	if cl := ss.cl; cl != nil {
+		if cl.peers[ss.name] == ss {
+			delete(cl.peers, ss.name)
+		}
+		delete(cl.masters, ss.id)
+		delete(cl.subs, ss.id)
+	}
+	for id, w := range s.pending {
+		if w.to == ss {
+			delete(s.pending, id)
+		}
+	}
+}
