@@ -26,25 +26,15 @@ func BenchmarkOverlayVsReference(b *testing.B) {
 	ha, hb := l.Site("a").Hosts[0], l.Site("b").Hosts[0]
 	na := newNode(b, ctx, &wg, relay, ha, "a", netip.MustParseAddr("240.9.0.1"))
 	nb := newNode(b, ctx, &wg, relay, hb, "b", netip.MustParseAddr("240.9.0.2"))
-	na.addPeer(b, nb, true)
+	na.addPeer(b, nb, true, nb.addr())
 	nb.addPeer(b, na, false)
-	na.bind.SetCandidates("b", []netip.AddrPort{netip.AddrPortFrom(hb.Addr, nb.port)})
-	deadline := time.Now().Add(5 * time.Second)
-	for na.path("b").Path != bind.PathDirect && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	transfer(b, ha, hb, nb.ip, 1<<20) // activates the peer
+	waitPath(na, "b", bind.PathDirect, 5*time.Second)
 	if p := na.path("b").Path; p != bind.PathDirect {
 		b.Fatalf("no direct path: %s", p)
 	}
 	const size = 100 << 20
 	var ref, ovl float64
-	b.Cleanup(func() {
-		if b.Failed() {
-			u1, r1 := na.bind.Counters()
-			u2, r2 := nb.bind.Counters()
-			b.Logf("a: %+v drops %d/%d\nb: %+v drops %d/%d relay sent %d", na.bind.Status(), u1, r1, nb.bind.Status(), u2, r2, relay.Sent.Load())
-		}
-	})
 	for b.Loop() {
 		ref += transfer(b, ha, hb, hb.Addr, size)
 		ovl += transfer(b, ha, hb, nb.ip, size)

@@ -10,21 +10,26 @@ import (
 	"github.com/pvc-project/pvc/vnet/bind"
 )
 
-// Relay is an in-memory broker relay between named Binds.
+// Receiver takes relayed datagrams: a *bind.Bind, or the overlay engine.
+type Receiver interface {
+	DeliverRelay(from string, pkt []byte)
+}
+
+// Relay is an in-memory broker relay between named receivers.
 type Relay struct {
 	mu      sync.Mutex
-	binds   map[string]*bind.Bind
+	binds   map[string]Receiver
 	blocked map[string]bool
 	Sent    atomic.Uint64 // datagrams carried
 }
 
 // NewRelay returns an empty relay.
 func NewRelay() *Relay {
-	return &Relay{binds: map[string]*bind.Bind{}, blocked: map[string]bool{}}
+	return &Relay{binds: map[string]Receiver{}, blocked: map[string]bool{}}
 }
 
 // Attach registers b as the peer name; datagrams to name reach b.
-func (r *Relay) Attach(name string, b *bind.Bind) {
+func (r *Relay) Attach(name string, b Receiver) {
 	r.mu.Lock()
 	r.binds[name] = b
 	r.mu.Unlock()
