@@ -47,12 +47,32 @@ func (ps *policyState) counter(d policy.Decision) *ruleCounter {
 	return rc
 }
 
-// accum adds up the packets of a batch that one rule allowed, so that a
-// batch costs one atomic add per run of packets of the same rule instead
-// of one per packet.
+// accum is the state of one batch. It adds up the packets that one rule
+// allowed, so that a batch costs one atomic add per run of packets of the
+// same rule instead of one per packet; and it keeps the flow of the last
+// packet, with its shard read-locked, so that a run of packets of one flow
+// (a bulk transfer) looks the flow up once. flush must end every batch.
 type accum struct {
 	rc             *ruleCounter
 	packets, bytes uint64
+
+	sh  *shard // read-locked while not nil
+	key flowKey
+	e   *entry // the allowed flow key in sh
+}
+
+// hold keeps e (allowed, in sh, which the caller has read-locked) as the
+// batch's current flow; the lock passes to acc.
+func (a *accum) hold(sh *shard, k flowKey, e *entry) {
+	a.sh, a.key, a.e = sh, k, e
+}
+
+// release unlocks the current flow's shard.
+func (a *accum) release() {
+	if a.sh != nil {
+		a.sh.mu.RUnlock()
+		a.sh, a.e = nil, nil
+	}
 }
 
 func (a *accum) add(rc *ruleCounter, n int) {
@@ -65,6 +85,7 @@ func (a *accum) add(rc *ruleCounter, n int) {
 }
 
 func (a *accum) flush() {
+	a.release()
 	if a.rc != nil && a.packets > 0 {
 		a.rc.packets.Add(a.packets)
 		a.rc.bytes.Add(a.bytes)

@@ -228,16 +228,27 @@ func (f *Filter) check(b []byte, dir policy.Direction, now int64, acc *accum) bo
 		return true
 	}
 	k := makeKey(p.proto, local, remote, lport, rport)
+	if acc.sh != nil {
+		if acc.key == k && touch(acc.e, dir, p.flags, now) {
+			acc.add(acc.e.rc, len(b))
+			if p.frag == fragFirst {
+				f.frags.remember(&p.tuple, p.ipID, acc.e.rc, now)
+			}
+			return true
+		}
+		acc.release()
+	}
 	sh := f.tab.shard(k)
 	sh.mu.RLock()
 	if e := sh.m[k]; e != nil && touch(e, dir, p.flags, now) {
 		rc, denied := e.rc, e.denied
-		sh.mu.RUnlock()
 		if denied {
+			sh.mu.RUnlock()
 			rc.packets.Add(1)
 			rc.bytes.Add(uint64(len(b)))
 			return false
 		}
+		acc.hold(sh, k, e)
 		acc.add(rc, len(b))
 		if p.frag == fragFirst {
 			f.frags.remember(&p.tuple, p.ipID, rc, now)
@@ -263,6 +274,7 @@ func (f *Filter) check(b []byte, dir policy.Direction, now int64, acc *accum) bo
 // in the table with the same peer (the quoted packet went the other way:
 // its sender is the error's receiver).
 func (f *Filter) passRelated(p *packet, dir policy.Direction, remote [4]byte, n int, acc *accum) bool {
+	acc.release()
 	q := &p.inner
 	local, qremote, lport, rport := q.dst, q.src, q.dport, q.sport // we received the quoted packet
 	if dir == policy.Inbound {
