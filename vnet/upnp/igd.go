@@ -99,9 +99,15 @@ func finish(ctx context.Context, g *igd, hc *http.Client) (Gateway, error) {
 // The generated clients embed goupnp.ServiceClient; these wrappers reach
 // its SOAP client.
 type (
-	ip2Client struct{ *internetgateway2.WANIPConnection2 }
-	ip1Client struct{ *internetgateway2.WANIPConnection1 }
-	pppClient struct{ *internetgateway2.WANPPPConnection1 }
+	ip2Client struct {
+		*internetgateway2.WANIPConnection2
+	}
+	ip1Client struct {
+		*internetgateway2.WANIPConnection1
+	}
+	pppClient struct {
+		*internetgateway2.WANPPPConnection1
+	}
 )
 
 func (c ip2Client) soapClient() *soap.SOAPClient { return c.SOAPClient }
