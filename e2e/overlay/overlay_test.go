@@ -20,6 +20,7 @@ import (
 	"github.com/pvc-project/pvc/vnet/bind"
 	"github.com/pvc-project/pvc/vnet/bind/bindtest"
 	"github.com/pvc-project/pvc/vnet/overlay"
+	wgtun "golang.zx2c4.com/wireguard/tun"
 )
 
 // node is one overlay peer living in a lab host.
@@ -32,6 +33,12 @@ type node struct {
 }
 
 func newNode(t testing.TB, ctx context.Context, wg *sync.WaitGroup, relay *bindtest.Relay, h *netlab.Host, name string, ip netip.Addr) *node {
+	return newFilteredNode(t, ctx, wg, relay, h, name, ip, nil)
+}
+
+// newFilteredNode is newNode with the TUN device wrapped (by the policy
+// filter) before the overlay gets it.
+func newFilteredNode(t testing.TB, ctx context.Context, wg *sync.WaitGroup, relay *bindtest.Relay, h *netlab.Host, name string, ip netip.Addr, wrap func(wgtun.Device) wgtun.Device) *node {
 	t.Helper()
 	var td *tun.Device
 	if err := h.Do(func() error {
@@ -45,7 +52,11 @@ func newNode(t testing.TB, ctx context.Context, wg *sync.WaitGroup, relay *bindt
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := overlay.New(overlay.Config{Self: name, Address: ip, PrivateKey: priv, TUN: td,
+	var dev wgtun.Device = td
+	if wrap != nil {
+		dev = wrap(td)
+	}
+	o, err := overlay.New(overlay.Config{Self: name, Address: ip, PrivateKey: priv, TUN: dev,
 		Relay: relay.From(name), Auth: &bindtest.Auth{}, OpenIn: h.Do, ProbeInterval: 500 * time.Millisecond})
 	if err != nil {
 		td.Close()
@@ -90,11 +101,16 @@ func waitPath(n *node, peer string, want bind.PathKind, within time.Duration) {
 // transfer sends size bytes over TCP from the from host to to's address
 // (inside to's host) and checks them with SHA-256. It returns Mbit/s.
 func transfer(t testing.TB, from, to *netlab.Host, dst netip.Addr, size int) float64 {
+	return transferPort(t, from, to, dst, 0, size)
+}
+
+// transferPort is transfer to a given port (0: any).
+func transferPort(t testing.TB, from, to *netlab.Host, dst netip.Addr, port uint16, size int) float64 {
 	t.Helper()
 	var ln net.Listener
 	if err := to.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(dst, 0).String())
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(dst, port).String())
 		return err
 	}); err != nil {
 		t.Fatal(err)
