@@ -222,8 +222,13 @@ func TestLab(t *testing.T) {
 
 	t.Run("removed", func(t *testing.T) {
 		t0 := time.Now()
+		t.Logf("SIGTERM at %s", t0.UTC().Format("15:04:05.000"))
 		_ = p.p.Stop(5 * time.Second) // SIGTERM
 		t.Logf("probe ended %v after SIGTERM", time.Since(t0).Round(time.Millisecond))
+		if testing.Verbose() {
+			out := strings.Split(strings.TrimSpace(p.p.Output()), "\n")
+			t.Logf("probe's last lines:\n%s", strings.Join(out[max(0, len(out)-4):], "\n"))
+		}
 		p.await("stopped", time.Second)
 		if !strings.Contains(p.p.Output(), "UPnP mapping deleted") {
 			t.Errorf("no deletion logged:\n%s", p.p.Output())

@@ -524,9 +524,10 @@ func (m *Mapper) refresh(ctx context.Context, gw Gateway, cur *Mapping, st *Stat
 func (m *Mapper) unmap(ctx context.Context, gw Gateway, cur *Mapping) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.CleanupTimeout)
 	defer cancel()
+	t0 := time.Now()
 	if err := gw.DeletePortMapping(cctx, cur.ExternalPort, cur.Protocol); err != nil {
 		m.log.Warn("UPnP mapping not deleted; its lease will end it", "port", cur.ExternalPort, "err", err)
 		return
 	}
-	m.log.Info("UPnP mapping deleted", "port", cur.ExternalPort)
+	m.log.Info("UPnP mapping deleted", "port", cur.ExternalPort, "took", time.Since(t0).Round(time.Millisecond))
 }
