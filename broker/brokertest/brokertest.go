@@ -190,7 +190,8 @@ func (l *Lab) StopBroker(i int) {
 	b.cancel = nil
 }
 
-// Peer issues a certificate for a new host with fresh keys.
+// Peer issues a certificate for a new host with fresh keys and publishes it
+// to the running replicas.
 func (l *Lab) Peer(name string, groups ...string) *Peer {
 	t := l.T
 	t.Helper()
@@ -205,6 +206,13 @@ func (l *Lab) Peer(name string, groups ...string) *Peer {
 	c, err := l.Master.Issue(master.CertOptions{Name: name, WGKey: wg.Public(), SignKey: key.Public().(ed25519.PublicKey), Groups: groups})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for i, b := range l.Brokers {
+		if b.cancel != nil {
+			if _, err := b.Server.Publish(c.Encode()); err != nil {
+				t.Fatalf("publish %s's certificate to broker %d: %v", name, i, err)
+			}
+		}
 	}
 	return &Peer{Name: name, Cert: c, Key: key, WG: wg}
 }

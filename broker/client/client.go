@@ -473,3 +473,34 @@ func (c *Client) acceptSignal(m *proto.Signal) error {
 	}
 	return nil
 }
+
+// SendRaw opens one session with broker b using c's credentials, sends m on
+// it as is, and waits briefly for the broker's reaction: an Error frame
+// becomes ErrRefused. It exists for tests of what a broker does with
+// malformed or forged messages.
+func SendRaw(ctx context.Context, c *Client, b bundle.Broker, m proto.Message) error {
+	s, err := dial(ctx, b, c.cfg.Role, c.cluster, c.cfg.Cert, c.cfg.Key, 1)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	if err := proto.WriteMessage(s.conn, m); err != nil {
+		return err
+	}
+	if err := proto.WriteMessage(s.conn, &proto.Ping{Nonce: 1}); err != nil {
+		return err
+	}
+	s.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		r, err := proto.ReadMessage(s.conn)
+		if err != nil {
+			return err
+		}
+		switch r := r.(type) {
+		case *proto.Error:
+			return fmt.Errorf("broker %s: %w: %s", b.Addr, ErrRefused, r.Text)
+		case *proto.Pong:
+			return nil
+		}
+	}
+}

@@ -121,6 +121,7 @@ func (v *View) Add(raw []byte) (bool, error) {
 	if err != nil {
 		v.mu.Lock()
 		v.rejected++
+		v.notifyLocked() // Wait callers may watch Rejected
 		v.mu.Unlock()
 	}
 	return changed, err

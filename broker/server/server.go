@@ -204,6 +204,14 @@ func (s *Server) PublicKey() ed25519.PublicKey { return s.pub }
 // `pvcd cluster init --broker` takes: HOST:PORT=BASE64KEY.
 func (s *Server) Identity(addr string) string { return addr + "=" + keys.FormatPublic(s.pub) }
 
+// Publish verifies a signed object and stores it as if a master session had
+// published it (replicas and subscribers get it). It reports whether the
+// object was new.
+func (s *Server) Publish(obj []byte) (bool, error) {
+	_, isNew, err := s.accept(obj, &session{role: proto.RoleMaster})
+	return isNew, err
+}
+
 // ListenAndServe listens on the given addresses (udp and metrics may be
 // empty) and serves until ctx ends.
 func (s *Server) ListenAndServe(ctx context.Context, tcp, udp, metricsAddr string) error {

@@ -260,6 +260,13 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, src netip.AddrPort) 
 		return
 	}
 	s.log.Info("session", "role", ss.role, "name", ss.name, "cluster", hello.Cluster, "addr", src)
+	if ss.role == proto.RolePeer {
+		// A verified certificate is a registry object like any other: a
+		// peer's session makes sure the registry holds it.
+		if _, _, err := s.accept(auth.Credential, ss); err != nil {
+			s.log.Debug("storing the certificate of a session", "name", ss.name, "err", err)
+		}
+	}
 	s.runSession(ss)
 }
 
