@@ -29,6 +29,7 @@ import (
 
 	"github.com/pvc-project/pvc/broker/proto"
 	"github.com/pvc-project/pvc/security/keys"
+	"github.com/pvc-project/pvc/security/signed"
 )
 
 // Config is a broker's configuration. Zero values take the defaults noted.
@@ -210,6 +211,19 @@ func (s *Server) Identity(addr string) string { return addr + "=" + keys.FormatP
 func (s *Server) Publish(obj []byte) (bool, error) {
 	_, isNew, err := s.accept(obj, &session{role: proto.RoleMaster})
 	return isNew, err
+}
+
+// Held returns the version of an object in the registry, and whether it
+// is there.
+func (s *Server) Held(cluster string, kind signed.Kind, subject string) (uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.clusters[cluster]; c != nil {
+		if e := c.objs[objKey{kind, subject}]; e != nil {
+			return e.version, true
+		}
+	}
+	return 0, false
 }
 
 // ListenAndServe listens on the given addresses (udp and metrics may be
