@@ -122,7 +122,8 @@ func (s *Server) forward(ss *session, cluster, to string, m proto.Message) {
 	if cl == nil {
 		return
 	}
-	if dst := cl.peers[to]; dst != nil {
+	if ps := cl.peers[to]; len(ps) > 0 {
+		dst := ps[len(ps)-1] // the most recent session of that peer
 		if !dst.send(m, dropIfFull) {
 			s.metrics.dropped(m)
 		}

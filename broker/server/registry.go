@@ -45,7 +45,7 @@ type cluster struct {
 
 	objs    map[objKey]*entry
 	byIP    map[netip.Addr]string
-	peers   map[string]*session // peer name → its latest session
+	peers   map[string][]*session // peer name → its sessions, oldest first
 	masters map[uint64]*session
 	subs    map[uint64]*session
 	dirty   bool // registry file to rewrite
@@ -109,7 +109,7 @@ func (s *Server) addBundle(raw []byte, trusted bool) (bool, error) {
 			return false, fmt.Errorf("bundle of cluster %q: too many clusters", b.Cluster)
 		}
 		c = &cluster{name: b.Cluster, objs: map[objKey]*entry{}, byIP: map[netip.Addr]string{},
-			peers: map[string]*session{}, masters: map[uint64]*session{}, subs: map[uint64]*session{}}
+			peers: map[string][]*session{}, masters: map[uint64]*session{}, subs: map[uint64]*session{}}
 		c.ts.Store(trust.New(b))
 		s.clusters[b.Cluster] = c
 		s.log.Info("serving cluster", "cluster", b.Cluster, "version", b.Version)
@@ -240,10 +240,12 @@ func (s *Server) applyRevocationLocked(cl *cluster, l *revoke.List) {
 			delete(cl.byIP, e.ip)
 		}
 	}
-	for name, ss := range cl.peers {
-		if l.Revoked(ss.serial) {
-			s.log.Info("closing session of revoked peer", "name", name, "addr", ss.remote)
-			ss.closeAfter(&proto.Error{Code: proto.CodeRevoked, Text: "certificate revoked"})
+	for name, ps := range cl.peers {
+		for _, ss := range ps {
+			if l.Revoked(ss.serial) {
+				s.log.Info("closing session of revoked peer", "name", name, "addr", ss.remote)
+				ss.closeAfter(&proto.Error{Code: proto.CodeRevoked, Text: "certificate revoked"})
+			}
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -362,7 +363,7 @@ func (s *Server) register(ss *session) error {
 	s.metrics.sessions[ss.role].Add(1)
 	switch ss.role {
 	case proto.RolePeer:
-		ss.cl.peers[ss.name] = ss
+		ss.cl.peers[ss.name] = append(ss.cl.peers[ss.name], ss)
 	case proto.RoleMaster:
 		ss.cl.masters[ss.id] = ss
 	case proto.RoleReplica:
@@ -378,7 +379,9 @@ func (s *Server) unregister(ss *session) {
 	delete(s.replicas, ss.id)
 	s.metrics.sessions[ss.role].Add(-1)
 	if cl := ss.cl; cl != nil {
-		if cl.peers[ss.name] == ss {
+		if ps := slices.DeleteFunc(cl.peers[ss.name], func(x *session) bool { return x == ss }); len(ps) > 0 {
+			cl.peers[ss.name] = ps
+		} else {
 			delete(cl.peers, ss.name)
 		}
 		delete(cl.masters, ss.id)
