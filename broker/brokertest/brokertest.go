@@ -89,7 +89,10 @@ func Start(t testing.TB, o Options) *Lab {
 			t.Fatal(err)
 		}
 		b.Key = key.Public().(ed25519.PublicKey)
-		b.Addr, b.UDPAddr, b.MetricsAddr = freeTCP(t), freeUDP(t), freeTCP(t)
+		// UDP on the TCP port, as pvc-broker does by default: clients send
+		// relay datagrams to the HOST:PORT of the bundle.
+		b.Addr, b.MetricsAddr = freeTCPUDP(t), freeTCP(t)
+		b.UDPAddr = b.Addr
 		l.Brokers = append(l.Brokers, b)
 		bs = append(bs, bundle.Broker{Addr: b.Addr, Key: b.Key})
 	}
@@ -121,13 +124,17 @@ func freeTCP(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-func freeUDP(t testing.TB) string {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+// freeTCPUDP returns a loopback port free for both TCP and UDP.
+func freeTCPUDP(t testing.TB) string {
+	for range 20 {
+		a := freeTCP(t)
+		if pc, err := net.ListenPacket("udp", a); err == nil {
+			pc.Close()
+			return a
+		}
 	}
-	defer pc.Close()
-	return pc.LocalAddr().String()
+	t.Fatal("no port free for both TCP and UDP")
+	return ""
 }
 
 // StartBroker starts (or restarts, with its state dir and addresses)

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -45,6 +46,11 @@ type Config struct {
 	// OnRelay receives relayed datagrams from known, unrevoked peers. It
 	// must not block and must not keep data. Nil: dropped.
 	OnRelay func(from string, data []byte)
+	// UDP also relays over UDP to each broker (at the HOST:PORT of its TCP
+	// address), which is cheaper than the TLS session; a site that blocks
+	// UDP falls back to the session. Relay prefers a broker whose UDP path
+	// is confirmed.
+	UDP bool
 	// Brokers overrides the bundle's broker list; nil: the bundle's.
 	Brokers     []bundle.Broker
 	Logger      *slog.Logger     // nil: discard
@@ -212,7 +218,14 @@ func (c *Client) runSession(ctx context.Context, b bundle.Broker) error {
 	if err != nil {
 		return err
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait() // the UDP goroutines end once ss is closed (deferred next)
 	defer ss.close()
+	if c.cfg.Role == proto.RolePeer && c.cfg.UDP {
+		if err := c.startUDP(ss, b, &wg); err != nil {
+			c.log.Info("no UDP relay path", "broker", b.Addr, "err", err)
+		}
+	}
 	if c.cfg.Role == proto.RolePeer {
 		ss.send(&proto.Subscribe{})
 	}
@@ -386,13 +399,75 @@ func (c *Client) Signal(ctx context.Context, to string, kind uint8, payload []by
 	return nil
 }
 
-// Relay sends a WireGuard datagram to a peer through one broker (the first
-// connected in bundle order). It never blocks: a full queue drops it.
+// startUDP opens the UDP relay socket of a session and its reader and
+// keepalive goroutines, owned by wg.
+func (c *Client) startUDP(ss *session, b bundle.Broker, wg *sync.WaitGroup) error {
+	ap, err := net.ResolveUDPAddr("udp", b.Addr)
+	if err != nil {
+		return err
+	}
+	if ss.udp, err = net.DialUDP("udp", nil, ap); err != nil {
+		return err
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); ss.readUDP(c.deliverRelay) }()
+	go func() {
+		defer wg.Done()
+		ss.register()
+		fast := time.NewTicker(c.cfg.Retry) // until confirmed
+		defer fast.Stop()
+		slow := time.NewTicker(c.cfg.Keepalive) // keeps the NAT mapping
+		defer slow.Stop()
+		for {
+			select {
+			case <-ss.done:
+				return
+			case <-fast.C:
+				if !ss.udpOK.Load() {
+					ss.register()
+				}
+			case <-slow.C:
+				ss.register()
+			}
+		}
+	}()
+	return nil
+}
+
+func (c *Client) deliverRelay(from string, data []byte) {
+	if c.cfg.OnRelay != nil && c.view.Cert(from) != nil {
+		c.cfg.OnRelay(from, data)
+	}
+}
+
+// RelayOverUDP reports whether a broker has confirmed a UDP relay path.
+func (c *Client) RelayOverUDP() bool {
+	for _, s := range c.live() {
+		if s.udp != nil && s.udpOK.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+// Relay sends a WireGuard datagram to a peer through one broker: over UDP
+// to the first broker whose UDP path is confirmed, else over the session of
+// the first connected broker in bundle order. It never blocks: a full queue
+// drops it.
 func (c *Client) Relay(to string, data []byte) error {
 	if len(data) > proto.MaxRelay {
 		return fmt.Errorf("relay: datagram of %d bytes", len(data))
 	}
-	for _, s := range c.live() {
+	live := c.live()
+	for _, s := range live {
+		if s.udp != nil && s.udpOK.Load() {
+			u := proto.UDPRelay{Token: s.token, Name: to, Data: data}
+			if _, err := s.udp.Write(u.Append(nil)); err == nil {
+				return nil
+			}
+		}
+	}
+	for _, s := range live {
 		if s.trySend(&proto.Relay{Cluster: c.cluster, From: c.name, To: to, Data: data}) {
 			return nil
 		}
@@ -415,8 +490,8 @@ func (c *Client) handle(s *session, m proto.Message) error {
 			return nil
 		}
 	case *proto.Relay:
-		if m.Cluster == c.cluster && m.To == c.name && c.cfg.OnRelay != nil && c.view.Cert(m.From) != nil {
-			c.cfg.OnRelay(m.From, m.Data)
+		if m.Cluster == c.cluster && m.To == c.name {
+			c.deliverRelay(m.From, m.Data)
 		}
 	case *proto.EnrollForward:
 		if c.cfg.Role != proto.RoleMaster {

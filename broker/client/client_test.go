@@ -393,3 +393,46 @@ func TestMaliciousBroker(t *testing.T) {
 		t.Errorf("lookup: got %v, want ErrUnverified", err)
 	}
 }
+
+// TestRelayUDP: a peer at a site that lets UDP through relays over UDP; a
+// peer at a UDP-blocked site (no UDP path) over its TLS session; the broker
+// bridges the two in both directions.
+func TestRelayUDP(t *testing.T) {
+	l := brokertest.Start(t, brokertest.Options{})
+	ctx := brokertest.Ctx(t, 20*time.Second)
+	a, b := l.Peer("cone"), l.Peer("blocked")
+	gotA, gotB := make(chan string, 10), make(chan string, 10)
+	ca := l.Client(a, func(c *client.Config) {
+		c.UDP = true
+		c.OnRelay = func(from string, d []byte) { gotA <- from + ":" + string(d) }
+	})
+	cb := l.Client(b, func(c *client.Config) {
+		c.OnRelay = func(from string, d []byte) { gotB <- from + ":" + string(d) }
+	})
+	waitBoth(ctx, t, ca, cb, 1, "cone", "blocked")
+	// Wait for the UDP path to be confirmed: a relay then goes over UDP.
+	for end := time.Now().Add(5 * time.Second); !ca.RelayOverUDP(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("UDP relay path never confirmed")
+		}
+	}
+	expect := func(ch chan string, want string) {
+		t.Helper()
+		select {
+		case s := <-ch:
+			if s != want {
+				t.Errorf("got %q, want %q", s, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%q not delivered", want)
+		}
+	}
+	if err := ca.Relay("blocked", []byte("over udp")); err != nil {
+		t.Fatal(err)
+	}
+	expect(gotB, "cone:over udp")
+	if err := cb.Relay("cone", []byte("over tls")); err != nil {
+		t.Fatal(err)
+	}
+	expect(gotA, "blocked:over tls")
+}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pvc-project/pvc/broker/proto"
@@ -19,6 +21,9 @@ type session struct {
 	addr     string
 	conn     *tls.Conn
 	observed netip.AddrPort
+	token    [proto.IDSize]byte // UDP relay token from Welcome
+	udp      *net.UDPConn       // UDP relay socket (Config.UDP), or nil
+	udpOK    atomic.Bool        // the broker confirmed our UDP address
 
 	out  chan []byte
 	done chan struct{}
@@ -82,7 +87,8 @@ func dial(ctx context.Context, b bundle.Broker, role proto.Role, cluster string,
 	if err := proto.WriteMessage(tc, auth); err != nil {
 		return nil, fmt.Errorf("broker %s: %w", b.Addr, err)
 	}
-	if _, err := readExpect[*proto.Welcome](tc, b.Addr); err != nil {
+	w, err := readExpect[*proto.Welcome](tc, b.Addr)
+	if err != nil {
 		return nil, err
 	}
 	tc.SetDeadline(time.Time{})
@@ -90,6 +96,7 @@ func dial(ctx context.Context, b bundle.Broker, role proto.Role, cluster string,
 	s := &session{addr: b.Addr, conn: tc, out: make(chan []byte, queue), done: make(chan struct{}),
 		pending: map[uint32]chan proto.Message{}}
 	s.observed, _ = netip.ParseAddrPort(m.Observed)
+	s.token = w.RelayToken
 	return s, nil
 }
 
@@ -114,7 +121,45 @@ func (s *session) close() {
 	s.once.Do(func() {
 		close(s.done)
 		s.conn.Close()
+		if s.udp != nil {
+			s.udp.Close()
+		}
 	})
+}
+
+// register sends an empty relay datagram: the broker learns (or refreshes)
+// our UDP address and answers with an empty one.
+func (s *session) register() {
+	u := proto.UDPRelay{Token: s.token}
+	s.udp.Write(u.Append(nil))
+}
+
+// readUDP delivers relay datagrams that carry this session's token.
+func (s *session) readUDP(deliver func(from string, data []byte)) {
+	buf := make([]byte, proto.MaxRelay+512)
+	for {
+		n, err := s.udp.Read(buf)
+		if err != nil {
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		u, err := proto.ParseUDPRelay(buf[:n])
+		if err != nil || u.Token != s.token {
+			continue
+		}
+		if u.Name == "" && len(u.Data) == 0 {
+			s.udpOK.Store(true)
+			continue
+		}
+		deliver(u.Name, u.Data)
+	}
 }
 
 // run serves the session: a writer, a keepalive and the reader (here) until

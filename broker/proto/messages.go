@@ -30,8 +30,9 @@ type Auth struct {
 
 // Welcome admits the client (broker → client).
 type Welcome struct {
-	Session uint64
-	Time    int64 // broker time, Unix nanoseconds
+	Session    uint64
+	Time       int64        // broker time, Unix nanoseconds
+	RelayToken [IDSize]byte // a peer's token for UDP relay datagrams (zero for other roles)
 }
 
 // Error refuses something; when it answers Hello or Auth the session closes.
@@ -196,8 +197,11 @@ func (m *Auth) decode(r *wire.Reader) {
 	}
 }
 
-func (m *Welcome) encode(w *wire.Writer) { w.U64(m.Session); w.I64(m.Time) }
-func (m *Welcome) decode(r *wire.Reader) { m.Session, m.Time = r.U64(), r.I64() }
+func (m *Welcome) encode(w *wire.Writer) { w.U64(m.Session); w.I64(m.Time); w.Raw(m.RelayToken[:]) }
+func (m *Welcome) decode(r *wire.Reader) {
+	m.Session, m.Time = r.U64(), r.I64()
+	copy(m.RelayToken[:], r.Raw(IDSize))
+}
 
 func (m *Error) encode(w *wire.Writer) { w.U16(m.Code); w.Bytes32([]byte(m.Text)) }
 func (m *Error) decode(r *wire.Reader) { m.Code, m.Text = r.U16(), string(r.Bytes32(MaxText)) }

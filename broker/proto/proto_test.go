@@ -148,3 +148,31 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseUDPRelay: whatever parses encodes back to the same bytes.
+func FuzzParseUDPRelay(f *testing.F) {
+	f.Add((&UDPRelay{Token: [16]byte{1}, Name: "b", Data: []byte("wg")}).Append(nil))
+	f.Add((&UDPRelay{}).Append(nil))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		u, err := ParseUDPRelay(b)
+		if err != nil {
+			return
+		}
+		if got := u.Append(nil); !bytes.Equal(got, b) {
+			t.Fatalf("round trip %x, want %x", got, b)
+		}
+	})
+}
+
+func TestUDPRelay(t *testing.T) {
+	u := &UDPRelay{Token: [16]byte{7}, Name: "node-1", Data: []byte{1, 2, 3}}
+	got, err := ParseUDPRelay(u.Append(nil))
+	if err != nil || !reflect.DeepEqual(got, u) {
+		t.Fatalf("got %+v, %v", got, err)
+	}
+	for _, b := range [][]byte{nil, []byte("PVC"), []byte("PVCRshort"), append([]byte("XXXX"), make([]byte, 20)...)} {
+		if _, err := ParseUDPRelay(b); !errors.Is(err, ErrFormat) {
+			t.Errorf("%q: got %v", b, err)
+		}
+	}
+}

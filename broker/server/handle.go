@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/pvc-project/pvc/broker/proto"
@@ -124,6 +125,15 @@ func (s *Server) forward(ss *session, cluster, to string, m proto.Message) {
 	}
 	if ps := cl.peers[to]; len(ps) > 0 {
 		dst := ps[len(ps)-1] // the most recent session of that peer
+		if r, ok := m.(*proto.Relay); ok && s.pc != nil {
+			if ap := dst.udp.Load(); ap != nil {
+				u := proto.UDPRelay{Token: dst.token, Name: r.From, Data: r.Data}
+				if _, err := s.pc.WriteTo(u.Append(nil), net.UDPAddrFromAddrPort(*ap)); err != nil {
+					s.metrics.relayDrops.Add(1)
+				}
+				return
+			}
+		}
 		if !dst.send(m, dropIfFull) {
 			s.metrics.dropped(m)
 		}
@@ -143,6 +153,9 @@ func (s *Server) forward(ss *session, cluster, to string, m proto.Message) {
 func (s *Server) relay(ss *session, m *proto.Relay) error {
 	switch ss.role {
 	case proto.RolePeer:
+		if ss.cl == nil {
+			return errRole(ss, m)
+		}
 		if m.From != ss.name || m.Cluster != ss.cl.name {
 			s.metrics.relayDrops.Add(1)
 			return nil

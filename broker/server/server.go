@@ -112,11 +112,14 @@ type Server struct {
 
 	mu       sync.Mutex
 	clusters map[string]*cluster
-	sessions map[uint64]*session    // every authenticated session
-	replicas map[uint64]*session    // replica links, both directions
-	pending  map[uint64]*enrollWait // enrollment requests in flight
-	nsess    int                    // connections past the TCP accept
+	sessions map[uint64]*session             // every authenticated session
+	replicas map[uint64]*session             // replica links, both directions
+	pending  map[uint64]*enrollWait          // enrollment requests in flight
+	tokens   map[[proto.IDSize]byte]*session // peer sessions by UDP relay token
+	nsess    int                             // connections past the TCP accept
 	state    runState
+
+	pc net.PacketConn // the UDP socket, or nil; set before Serve starts its goroutines
 
 	wg sync.WaitGroup // every goroutine the server starts
 }
@@ -186,6 +189,7 @@ func New(cfg Config) (*Server, error) {
 		enrolls:  newLimiter(cfg.Limits.EnrollRate, 10),
 		clusters: map[string]*cluster{}, sessions: map[uint64]*session{},
 		replicas: map[uint64]*session{}, pending: map[uint64]*enrollWait{},
+		tokens: map[[proto.IDSize]byte]*session{},
 	}
 	if err := s.loadState(); err != nil {
 		return nil, err
@@ -281,6 +285,7 @@ func (s *Server) Serve(ctx context.Context, l Listeners) error {
 			}
 		}()
 	}
+	s.pc = l.UDP
 	if l.UDP != nil {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.serveUDP(ctx, l.UDP) }()

@@ -30,10 +30,12 @@ type session struct {
 	conn   net.Conn
 	remote netip.AddrPort
 	role   proto.Role
-	cl     *cluster // nil for a replica link
-	name   string   // peer name; replica: its key
-	serial uint64   // peer: its certificate's serial
-	relay  *bucket  // peer: relay byte budget
+	cl     *cluster                       // nil for a replica link
+	name   string                         // peer name; replica: its key
+	serial uint64                         // peer: its certificate's serial
+	relay  *bucket                        // peer: relay byte budget
+	token  [proto.IDSize]byte             // peer: its UDP relay token
+	udp    atomic.Pointer[netip.AddrPort] // peer: where its UDP relay datagrams come from, or nil
 
 	out    chan []byte // frames; nil asks the writer to close after the frames before it
 	qbytes atomic.Int64
@@ -257,7 +259,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, src netip.AddrPort) 
 	}
 	defer s.unregister(ss)
 	tc.SetDeadline(time.Time{})
-	if err := proto.WriteMessage(tc, &proto.Welcome{Session: ss.id, Time: s.cfg.Now().UnixNano()}); err != nil {
+	if err := proto.WriteMessage(tc, &proto.Welcome{Session: ss.id, Time: s.cfg.Now().UnixNano(), RelayToken: ss.token}); err != nil {
 		return
 	}
 	s.log.Info("session", "role", ss.role, "name", ss.name, "cluster", hello.Cluster, "addr", src)
@@ -336,6 +338,7 @@ func (s *Server) authenticate(ss *session, h *proto.Hello, a *proto.Auth, msg []
 		}
 		ss.name, ss.serial = c.Name, c.Serial
 		ss.relay = newBucket(s.cfg.Limits.RelayRate, s.cfg.Now())
+		rand.Read(ss.token[:])
 	case proto.RoleMaster:
 		mk := cl.trust().Bundle().MasterKey
 		ss.name = "master"
@@ -364,6 +367,7 @@ func (s *Server) register(ss *session) error {
 	switch ss.role {
 	case proto.RolePeer:
 		ss.cl.peers[ss.name] = append(ss.cl.peers[ss.name], ss)
+		s.tokens[ss.token] = ss
 	case proto.RoleMaster:
 		ss.cl.masters[ss.id] = ss
 	case proto.RoleReplica:
@@ -376,6 +380,9 @@ func (s *Server) unregister(ss *session) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.sessions, ss.id)
+	if s.tokens[ss.token] == ss {
+		delete(s.tokens, ss.token)
+	}
 	delete(s.replicas, ss.id)
 	s.metrics.sessions[ss.role].Add(-1)
 	if cl := ss.cl; cl != nil {
