@@ -26,6 +26,7 @@ import (
 	"github.com/pvc-project/pvc/broker/proto"
 	"github.com/pvc-project/pvc/security/bundle"
 	"github.com/pvc-project/pvc/security/cert"
+	"github.com/pvc-project/pvc/security/keys"
 	"github.com/pvc-project/pvc/security/signed"
 )
 
@@ -88,6 +89,8 @@ type Client struct {
 	view    *View
 
 	mu       sync.Mutex
+	follow   bool                // follow bundle updates (Config.Brokers was nil)
+	brokers  []bundle.Broker     // the brokers in use, in bundle order
 	sessions map[string]*session // broker address → live session
 	changed  chan struct{}       // closed and replaced when sessions change
 	seen     map[[proto.IDSize]byte]time.Time
@@ -120,14 +123,16 @@ func New(cfg Config) (*Client, error) {
 	if cfg.QueueFrames <= 0 {
 		cfg.QueueFrames = 1024
 	}
-	if cfg.Brokers == nil {
+	follow := cfg.Brokers == nil
+	if follow {
 		cfg.Brokers = cfg.Bundle.Brokers
 	}
 	if len(cfg.Key) != ed25519.PrivateKeySize {
 		return nil, errors.New("broker client: no signing key")
 	}
 	c := &Client{cfg: cfg, log: cfg.Logger, cluster: cfg.Bundle.Cluster, view: NewView(cfg.Bundle, cfg.Now),
-		sessions: map[string]*session{}, changed: make(chan struct{}), seen: map[[proto.IDSize]byte]time.Time{}}
+		sessions: map[string]*session{}, changed: make(chan struct{}), seen: map[[proto.IDSize]byte]time.Time{},
+		brokers: cfg.Brokers, follow: follow}
 	switch cfg.Role {
 	case proto.RolePeer:
 		// Only decoded: a broker says clearly why it refuses a certificate
@@ -182,15 +187,57 @@ func (c *Client) Run(ctx context.Context) error {
 		return errors.New("broker client already running")
 	}
 	c.running = true
+	brokers := c.brokers
 	c.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, b := range c.cfg.Brokers {
+	defer wg.Wait()
+	loops := map[string]context.CancelFunc{} // by brokerID
+	start := func(b bundle.Broker) {
+		lctx, cancel := context.WithCancel(ctx)
+		loops[brokerID(b)] = cancel
 		wg.Add(1)
-		go func() { defer wg.Done(); c.brokerLoop(ctx, b) }()
+		go func() { defer wg.Done(); c.brokerLoop(lctx, b) }()
 	}
-	wg.Wait()
-	return nil
+	for _, b := range brokers {
+		start(b)
+	}
+	if !c.follow {
+		return nil
+	}
+	// A master-signed bundle update (a new replica, a replica gone, a new
+	// key) reaches the view through the brokers: follow it.
+	version := c.view.Bundle().Version
+	for {
+		ch := c.view.Changed()
+		if b := c.view.Bundle(); b.Version > version {
+			version = b.Version
+			want := map[string]bool{}
+			for _, br := range b.Brokers {
+				want[brokerID(br)] = true
+				if loops[brokerID(br)] == nil {
+					c.log.Info("bundle update: new broker", "broker", br.Addr, "version", version)
+					start(br)
+				}
+			}
+			for id, cancel := range loops {
+				if !want[id] {
+					cancel()
+					delete(loops, id)
+				}
+			}
+			c.mu.Lock()
+			c.brokers = b.Brokers
+			c.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ch:
+		}
+	}
 }
+
+func brokerID(b bundle.Broker) string { return b.Addr + "=" + keys.FormatPublic(b.Key) }
 
 func (c *Client) brokerLoop(ctx context.Context, b bundle.Broker) {
 	wait := c.cfg.Retry
@@ -255,7 +302,7 @@ func (c *Client) Connected() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make([]string, 0, len(c.sessions))
-	for _, b := range c.cfg.Brokers {
+	for _, b := range c.brokers {
 		if c.sessions[b.Addr] != nil {
 			out = append(out, b.Addr)
 		}
@@ -295,7 +342,7 @@ func (c *Client) live() []*session {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make([]*session, 0, len(c.sessions))
-	for _, b := range c.cfg.Brokers {
+	for _, b := range c.brokers {
 		if s := c.sessions[b.Addr]; s != nil {
 			out = append(out, s)
 		}

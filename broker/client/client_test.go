@@ -14,6 +14,7 @@ import (
 	"github.com/pvc-project/pvc/broker/brokertest"
 	"github.com/pvc-project/pvc/broker/client"
 	"github.com/pvc-project/pvc/broker/proto"
+	"github.com/pvc-project/pvc/security/bundle"
 	"github.com/pvc-project/pvc/security/cert"
 	"github.com/pvc-project/pvc/security/endpoint"
 	"github.com/pvc-project/pvc/security/enroll"
@@ -435,4 +436,44 @@ func TestRelayUDP(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect(gotA, "blocked:over tls")
+}
+
+// TestBundleUpdateAddsBroker: a client that knows one replica learns a
+// second one from a master-signed bundle update and opens a session with it.
+func TestBundleUpdateAddsBroker(t *testing.T) {
+	l := brokertest.Start(t, brokertest.Options{Brokers: 2})
+	ctx := brokertest.Ctx(t, 20*time.Second)
+	resign := func(v uint64, brokers ...int) *bundle.Bundle {
+		b := *l.Bundle
+		b.Version, b.Brokers = v, nil
+		for _, i := range brokers {
+			b.Brokers = append(b.Brokers, l.Bundle.Brokers[i])
+		}
+		if err := b.Sign(l.MasterKey); err != nil {
+			t.Fatal(err)
+		}
+		return &b
+	}
+	only0 := resign(l.Bundle.Version+1, 0)
+	both := resign(l.Bundle.Version+2, 0, 1)
+	if _, err := l.Brokers[0].Server.Publish(only0.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	p := l.Peer("p")
+	c := l.Client(p, func(c *client.Config) { c.Bundle = only0 })
+	if err := c.WaitConnected(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Connected(); len(got) != 1 || got[0] != l.Brokers[0].Addr {
+		t.Fatalf("connected to %v, want only broker 0", got)
+	}
+	if _, err := l.Brokers[0].Server.Publish(both.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitConnected(ctx, 2); err != nil {
+		t.Fatalf("the client did not follow the bundle update: %v (connected %v)", err, c.Connected())
+	}
+	if v := c.View().Bundle().Version; v != both.Version {
+		t.Errorf("view bundle version %d, want %d", v, both.Version)
+	}
 }
