@@ -34,7 +34,8 @@ import (
 type Config struct {
 	Bundle *bundle.Bundle // the cluster bundle the host was given (required)
 	Role   proto.Role     // RolePeer or RoleMaster; zero: RolePeer
-	// Cert is the peer's signed certificate (RolePeer).
+	// Cert is the peer's signed certificate (RolePeer). A master sends its
+	// signed bundle instead (filled in by New).
 	Cert []byte
 	// Key signs the session: the peer's signing key, or the master key.
 	Key ed25519.PrivateKey
@@ -153,6 +154,9 @@ func New(cfg Config) (*Client, error) {
 		if cfg.Admit == nil {
 			return nil, errors.New("broker client: a master needs an Admit function")
 		}
+		// A master authenticates with its signed bundle, from which a broker
+		// that does not serve the cluster yet learns it.
+		c.cfg.Cert = cfg.Bundle.Encode()
 	default:
 		return nil, fmt.Errorf("broker client: role %s (use Enroll for an enrollee)", cfg.Role)
 	}

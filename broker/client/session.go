@@ -79,7 +79,12 @@ func dial(ctx context.Context, b bundle.Broker, role proto.Role, cluster string,
 	case proto.RolePeer:
 		auth.Credential = cred
 	case proto.RoleMaster:
-		auth.Credential = key.Public().(ed25519.PublicKey)
+		// The signed bundle: a broker that does not serve the cluster yet
+		// learns it from this, if the bundle names the broker's key.
+		auth.Credential = cred
+		if len(cred) == 0 {
+			auth.Credential = key.Public().(ed25519.PublicKey)
+		}
 	}
 	if role != proto.RoleEnrollee {
 		auth.Sig = ed25519.Sign(key, proto.AuthMessage(role, cluster, m.Nonce[:], b.Key, exp))

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/pvc-project/pvc/broker/proto"
+	"github.com/pvc-project/pvc/security/bundle"
 	"github.com/pvc-project/pvc/security/cert"
 	"github.com/pvc-project/pvc/security/keys"
 )
@@ -318,6 +319,22 @@ func (s *Server) authenticate(ss *session, h *proto.Hello, a *proto.Auth, msg []
 	s.mu.Lock()
 	cl := s.clusters[h.Cluster]
 	s.mu.Unlock()
+	if h.Role == proto.RoleMaster && len(a.Credential) > ed25519.PublicKeySize {
+		// A master presents its signed bundle: a bundle that names this
+		// broker's key registers the cluster here (only the master's key
+		// can make one), and a newer one updates it.
+		b, err := bundle.Decode(a.Credential)
+		if err != nil || b.Cluster != h.Cluster || !ed25519.Verify(b.MasterKey, msg, a.Sig) {
+			return refuse("bad-bundle", "master credential: not a valid bundle of cluster %q signed by its master", h.Cluster)
+		}
+		if _, err := s.addBundle(a.Credential, false); err != nil {
+			return refuse("unknown-cluster", "master credential: %v", err)
+		}
+		s.mu.Lock()
+		cl = s.clusters[h.Cluster]
+		s.mu.Unlock()
+		a.Credential = b.MasterKey
+	}
 	if h.Role == proto.RolePeer {
 		if c, err := cert.Decode(a.Credential); err == nil {
 			ss.name = c.Name
