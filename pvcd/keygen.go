@@ -3,15 +3,14 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/pvc-project/pvc/internal/cli"
+	"github.com/pvc-project/pvc/pvcd/daemon"
 	"github.com/pvc-project/pvc/security/enroll"
 	"github.com/pvc-project/pvc/security/keys"
 	"github.com/pvc-project/pvc/security/master"
@@ -19,12 +18,8 @@ import (
 	"github.com/pvc-project/pvc/security/token"
 )
 
-// Files of a host's keys in its state dir.
-const (
-	wgKeyFile   = "wg.key"
-	signKeyFile = "sign.key"
-	requestFile = "enroll.req"
-)
+// requestFile is the enrollment request keygen writes in the state dir.
+const requestFile = "enroll.req"
 
 func keygenVerb() cli.Verb {
 	return cli.Verb{Name: "keygen", Summary: "create this host's keys, and an enrollment request from a token", Run: runKeygen}
@@ -92,36 +87,11 @@ mode 0600) unless they exist, and prints their public halves. With --token and
 	return nil
 }
 
-// hostKeys loads the host's keys from dir, creating them if neither
-// exists. It refuses to replace one key when only the other exists.
+// hostKeys loads or creates the host's keys; a bad key file is bad input.
 func hostKeys(dir string) (keys.WGPrivate, ed25519.PrivateKey, bool, error) {
-	wgPath, skPath := filepath.Join(dir, wgKeyFile), filepath.Join(dir, signKeyFile)
-	_, e1 := os.Stat(wgPath)
-	_, e2 := os.Stat(skPath)
-	if errors.Is(e1, fs.ErrNotExist) && errors.Is(e2, fs.ErrNotExist) {
-		wg, err := keys.NewWG()
-		if err != nil {
-			return wg, nil, false, err
-		}
-		sk, err := keys.NewSigning()
-		if err != nil {
-			return wg, nil, false, err
-		}
-		if err := keys.SaveWG(wgPath, wg); err != nil {
-			return wg, nil, false, err
-		}
-		if err := keys.SaveSigning(skPath, sk); err != nil {
-			return wg, nil, false, err
-		}
-		return wg, sk, true, nil
+	wg, sk, created, err := daemon.HostKeys(dir)
+	if err != nil && !created && isInputProblem(err) {
+		return wg, sk, false, cli.Usagef("%v", err)
 	}
-	wg, err := keys.LoadWG(wgPath)
-	if err != nil {
-		return wg, nil, false, cli.Usagef("%v", err)
-	}
-	sk, err := keys.LoadSigning(skPath)
-	if err != nil {
-		return wg, nil, false, cli.Usagef("%v", err)
-	}
-	return wg, sk, false, nil
+	return wg, sk, created, err
 }

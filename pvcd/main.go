@@ -42,6 +42,7 @@ func verbs() []cli.Verb {
 		certVerb(),
 		revokeVerb(),
 		policyVerb(),
+		upVerb(),
 		statusVerb(),
 		peersVerb(),
 		pingVerb(),
