@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"crypto/ed25519"
+	"crypto/tls"
 	"errors"
 	"net/netip"
 	"runtime"
@@ -12,8 +13,10 @@ import (
 	"github.com/pvc-project/pvc/broker/brokertest"
 	"github.com/pvc-project/pvc/broker/client"
 	"github.com/pvc-project/pvc/broker/proto"
+	"github.com/pvc-project/pvc/broker/server"
 	"github.com/pvc-project/pvc/security/bundle"
 	"github.com/pvc-project/pvc/security/cert"
+	"github.com/pvc-project/pvc/security/enroll"
 	"github.com/pvc-project/pvc/security/keys"
 	"github.com/pvc-project/pvc/security/master"
 )
@@ -116,7 +119,7 @@ func TestLifecycle(t *testing.T) {
 	t.Cleanup(func() { brokertest.CheckGoroutines(t, before) }) // runs last
 	l := brokertest.Start(t, brokertest.Options{Brokers: 2})
 	ctx := brokertest.Ctx(t, 20*time.Second)
-	a := l.Client(l.Peer("a"), nil)
+	a := l.Client(l.Peer("a"), func(c *client.Config) { c.UDP = true })
 	mc := l.MasterClient()
 	if err := a.WaitConnected(ctx, 2); err != nil {
 		t.Fatal(err)
@@ -133,5 +136,42 @@ func TestLifecycle(t *testing.T) {
 	l.StartBroker(0)
 	if err := a.WaitConnected(ctx, 2); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestShutdownDuringHandshake: a connection that never speaks does not hold
+// the broker's shutdown until the handshake timeout.
+func TestShutdownDuringHandshake(t *testing.T) {
+	l := brokertest.Start(t, brokertest.Options{})
+	// A TLS client that completes the handshake, then never says Hello.
+	c, err := tls.Dial("tcp", l.Brokers[0].Addr, proto.ClientTLS(l.Brokers[0].Key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	l.StopBroker(0)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("shutdown took %v with a silent connection open", d)
+	}
+}
+
+func TestEnrollRateLimit(t *testing.T) {
+	l := brokertest.Start(t, brokertest.Options{Limits: server.Limits{EnrollRate: 0.001}})
+	ctx := brokertest.Ctx(t, 20*time.Second)
+	tok, _ := l.Master.NewToken(master.TokenOptions{})
+	key, _ := keys.NewSigning()
+	wg, _ := keys.NewWG()
+	r, _ := enroll.New(tok, "n", wg.Public(), key, time.Now())
+	var err error
+	for range 11 { // the burst is 10
+		_, err = client.Enroll(ctx, l.Bundle, r.Encode(), nil)
+	}
+	if !errors.Is(err, client.ErrRefused) || !strings.Contains(err.Error(), "enrollment rate limit") {
+		t.Errorf("11th enrollment from one address: got %v, want the rate limit", err)
+	}
+	if !l.Brokers[0].Log.WaitFor("refused enrollee from 127.0.0.1:", 2*time.Second) {
+		t.Error("broker log lacks the refusal")
 	}
 }

@@ -117,6 +117,7 @@ type Server struct {
 	pending  map[uint64]*enrollWait          // enrollment requests in flight
 	tokens   map[[proto.IDSize]byte]*session // peer sessions by UDP relay token
 	nsess    int                             // connections past the TCP accept
+	open     map[net.Conn]bool               // every accepted connection, closed at shutdown
 	state    runState
 
 	pc net.PacketConn // the UDP socket, or nil; set before Serve starts its goroutines
@@ -189,7 +190,7 @@ func New(cfg Config) (*Server, error) {
 		enrolls:  newLimiter(cfg.Limits.EnrollRate, 10),
 		clusters: map[string]*cluster{}, sessions: map[uint64]*session{},
 		replicas: map[uint64]*session{}, pending: map[uint64]*enrollWait{},
-		tokens: map[[proto.IDSize]byte]*session{},
+		tokens: map[[proto.IDSize]byte]*session{}, open: map[net.Conn]bool{},
 	}
 	if err := s.loadState(); err != nil {
 		return nil, err
@@ -310,9 +311,16 @@ func (s *Server) Serve(ctx context.Context, l Listeners) error {
 	for _, ss := range s.sessions {
 		all = append(all, ss)
 	}
+	var conns []net.Conn
+	for c := range s.open {
+		conns = append(conns, c)
+	}
 	s.mu.Unlock()
 	for _, ss := range all {
 		ss.close()
+	}
+	for _, c := range conns { // those still in their handshake
+		c.Close()
 	}
 	s.wg.Wait()
 	err := s.saveDirty()
@@ -349,9 +357,20 @@ func (s *Server) acceptLoop(ctx context.Context, ln net.Listener) {
 			c.Close()
 			continue
 		}
+		s.mu.Lock()
+		closed := s.state != stateRunning
+		if !closed {
+			s.open[c] = true
+		}
+		s.mu.Unlock()
+		if closed {
+			c.Close()
+			return
+		}
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer func() { s.mu.Lock(); delete(s.open, c); s.mu.Unlock() }()
 			s.serveConn(ctx, c, src)
 		}()
 	}
