@@ -7,12 +7,12 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pvc-project/pvc/e2e/netlab"
+	"github.com/pvc-project/pvc/e2e/vcluster"
 	"github.com/pvc-project/pvc/pvcd/control"
 )
 
@@ -24,70 +24,74 @@ import (
 // `pvcd down`.
 func TestClusterAcrossNATs(t *testing.T) {
 	netlab.RequireTools(t, "ping", "dig")
-	l := netlab.New(t, netlab.Spec{Internet: []string{"b1"}, Sites: []netlab.SiteSpec{
+	c := newCluster(t, netlab.Spec{Internet: []string{"b1"}, Sites: []netlab.SiteSpec{
 		{Name: "mast", Kind: netlab.Public},
 		{Name: "cone", Kind: netlab.Cone},
 		{Name: "fw", Kind: netlab.Firewall},
 	}})
-	c := &cluster{t: t, lab: l, dir: t.TempDir(), nodes: map[string]*node{}}
-	c.startBroker(l.Internet("b1"))
-	c.pvcd("cluster", "init", "lab", "--broker", c.broker, "--out", c.dir)
-	tok := strings.TrimSpace(c.pvcd("token", "--master-key", filepath.Join(c.dir, "lab.key"), "--uses", "2", "--ttl", "1h"))
-
-	start := time.Now()
-	mast := c.up(l.Site("mast").Hosts[0], "master", "--master-key", filepath.Join(c.dir, "lab.key"))
-	cone := c.up(l.Site("cone").Hosts[0], "cone1", "--join", tok)
-	fw := c.up(l.Site("fw").Hosts[0], "fw1", "--join", tok)
-	t.Logf("three pvcd up (master, two enrolled through the broker) in %v", time.Since(start).Round(time.Millisecond))
-	for _, n := range []*node{mast, cone, fw} {
-		c.waitPeers(n, 20*time.Second)
+	l := c.Lab
+	tok, err := c.Token(2)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("every peer knows every other after %v", time.Since(start).Round(time.Millisecond))
+	start := time.Now()
+	mast := up(t, c, l.Site("mast").Hosts[0], "master", "--master-key", c.MasterKey())
+	cone := up(t, c, l.Site("cone").Hosts[0], "cone1", "--join", tok)
+	fw := up(t, c, l.Site("fw").Hosts[0], "fw1", "--join", tok)
+	t.Logf("three pvcd up (master, two enrolled through the broker) in %v", time.Since(start).Round(time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	if err := c.WaitPeers(ctx, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("every peer knows every other after %v", time.Since(start).Round(time.Millisecond))
 
 	// Ping by name, through pvcd's DNS and the overlay.
-	for _, pair := range [][2]*node{{cone, fw}, {fw, cone}, {cone, mast}, {mast, fw}} {
+	for _, pair := range [][2]*vcluster.Node{{cone, fw}, {fw, cone}, {cone, mast}, {mast, fw}} {
 		from, to := pair[0], pair[1]
-		out, err := from.host.Run(ctx, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "3", to.name+".lab.pvc")
+		out, err := from.Host.Run(ctx, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "3", to.Name+".lab.pvc")
 		if err != nil || !strings.Contains(out, " 0% packet loss") {
-			t.Errorf("ping %s -> %s.lab.pvc: %v\n%s", from.name, to.name, err, out)
+			t.Errorf("ping %s -> %s.lab.pvc: %v\n%s", from.Name, to.Name, err, out)
 		}
 	}
 	// dig A and PTR.
-	out, err := cone.host.Run(ctx, "dig", "+short", "@"+cone.st.VirtualIP.String(), "fw1.lab.pvc", "A")
-	if err != nil || strings.TrimSpace(out) != fw.st.VirtualIP.String() {
-		t.Errorf("dig fw1.lab.pvc A: %q, %v; want %s", out, err, fw.st.VirtualIP)
+	out, err := cone.Host.Run(ctx, "dig", "+short", "@"+cone.Status.VirtualIP.String(), "fw1.lab.pvc", "A")
+	if err != nil || strings.TrimSpace(out) != fw.Status.VirtualIP.String() {
+		t.Errorf("dig fw1.lab.pvc A: %q, %v; want %s", out, err, fw.Status.VirtualIP)
 	}
-	out, err = cone.host.Run(ctx, "dig", "+short", "@"+cone.st.VirtualIP.String(), "-x", fw.st.VirtualIP.String())
+	out, err = cone.Host.Run(ctx, "dig", "+short", "@"+cone.Status.VirtualIP.String(), "-x", fw.Status.VirtualIP.String())
 	if err != nil || strings.TrimSpace(out) != "fw1.lab.pvc." {
-		t.Errorf("dig -x %s: %q, %v; want fw1.lab.pvc.", fw.st.VirtualIP, out, err)
+		t.Errorf("dig -x %s: %q, %v; want fw1.lab.pvc.", fw.Status.VirtualIP, out, err)
 	}
 	// The hosts file carries the names too.
-	if b, _ := os.ReadFile(cone.hosts); !strings.Contains(string(b), fw.st.VirtualIP.String()+" fw1.lab.pvc") {
+	if b, _ := os.ReadFile(cone.Hosts); !strings.Contains(string(b), fw.Status.VirtualIP.String()+" fw1.lab.pvc") {
 		t.Errorf("cone1's hosts file lacks fw1:\n%s", b)
 	}
 
 	// 100 MiB of TCP from the cone host to the firewall host, checked.
-	mbps := transfer(t, cone.host, fw.host, fw.st.VirtualIP, 100<<20)
+	mbps := transfer(t, cone.Host, fw.Host, fw.Status.VirtualIP, 100<<20)
 	t.Logf("100 MiB cone1 -> fw1 over the overlay: %.0f Mbit/s, SHA-256 ok", mbps)
 
 	// Paths as pvcd peers shows them.
-	for _, n := range []*node{mast, cone, fw} {
+	for _, n := range []*vcluster.Node{mast, cone, fw} {
 		var rows []string
-		for _, p := range n.peers(t) {
+		ps, err := n.Peers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range ps {
 			rows = append(rows, p.Name+"="+p.Path+" "+p.Remote)
 			if p.Path == "direct" && p.LastHandshake.IsZero() {
-				t.Errorf("%s: %s is direct but never shook hands", n.name, p.Name)
+				t.Errorf("%s: %s is direct but never shook hands", n.Name, p.Name)
 			}
 		}
-		t.Logf("pvcd peers on %s: %s", n.name, strings.Join(rows, ", "))
+		t.Logf("pvcd peers on %s: %s", n.Name, strings.Join(rows, ", "))
 	}
-	if p := peerOf(t, cone, "fw1"); p.Path != "direct" || p.BytesOut < 100<<20 {
-		t.Errorf("cone1 -> fw1: %+v, want a direct path that carried the 100 MiB", p)
+	if p, err := cone.Peer(ctx, "fw1"); err != nil || p.Path != "direct" || p.BytesOut < 100<<20 {
+		t.Errorf("cone1 -> fw1: %+v, %v; want a direct path that carried the 100 MiB", p, err)
 	}
 	// pvcd ping names the path.
-	cl := control.NewClient(cone.state)
+	cl := control.NewClient(cone.State)
 	r, err := cl.Ping(ctx, "fw1")
 	if err != nil || !strings.HasPrefix(r.Path, "direct") {
 		t.Errorf("pvcd ping fw1: %+v, %v", r, err)
@@ -101,29 +105,19 @@ func TestClusterAcrossNATs(t *testing.T) {
 		t.Fatal(err)
 	}
 	select {
-	case <-cone.proc.Done():
+	case <-cone.Proc.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("pvcd did not exit after pvcd down")
 	}
-	if out, _ := cone.host.Run(ctx, "ip", "link", "show", "pvc0"); !strings.Contains(out, "does not exist") {
+	if out, _ := cone.Host.Run(ctx, "ip", "link", "show", "pvc0"); !strings.Contains(out, "does not exist") {
 		t.Errorf("pvc0 still exists after pvcd down: %s", out)
 	}
-	if b, _ := os.ReadFile(cone.hosts); strings.Contains(string(b), "lab.pvc") {
+	if b, _ := os.ReadFile(cone.Hosts); strings.Contains(string(b), "lab.pvc") {
 		t.Errorf("names left in the hosts file after pvcd down:\n%s", b)
 	}
-	if _, err := os.Stat(control.SocketPath(cone.state)); !os.IsNotExist(err) {
+	if _, err := os.Stat(control.SocketPath(cone.State)); !os.IsNotExist(err) {
 		t.Errorf("control socket left after pvcd down: %v", err)
 	}
-}
-
-func peerOf(t *testing.T, n *node, name string) control.Peer {
-	for _, p := range n.peers(t) {
-		if p.Name == name {
-			return p
-		}
-	}
-	t.Fatalf("%s does not list %s", n.name, name)
-	return control.Peer{}
 }
 
 // transfer sends size bytes over TCP from one lab host to an address of

@@ -61,11 +61,6 @@ func (d *daemon) engine(g *policy.Global) (*policy.Engine, error) {
 	return policy.NewEngine(g, d.local, policy.Identity{Name: d.cert.Name, Groups: d.cert.Groups})
 }
 
-// keepAliveSide decides which peer of a pair keeps the path alive (a
-// NAT's mapping is refreshed by traffic either way): the one whose name
-// sorts first, so that both never start handshakes at the same time.
-func keepAliveSide(self, peer string) bool { return self < peer }
-
 // syncLoop keeps the overlay's peers, the filter's policy and the names in
 // step with the verified view of the cluster.
 func (d *daemon) syncLoop(ctx context.Context) {
@@ -103,7 +98,11 @@ func (d *daemon) sync(v *client.View, known map[string]bool) {
 		}
 		seen[c.Name] = true
 		names = append(names, dns.Peer{Name: c.Name, Addr: c.IP})
-		p := overlay.Peer{Name: c.Name, IP: c.IP, Key: c.WGKey, KeepAlive: keepAliveSide(d.cert.Name, c.Name)}
+		// No WireGuard keepalive: the Bind probes a confirmed direct path
+		// every 2 s, which keeps NAT mappings open both ways, and turning
+		// keepalive on when a peer reaches us first starts a second
+		// handshake that collides with the peer's (5 s stall).
+		p := overlay.Peer{Name: c.Name, IP: c.IP, Key: c.WGKey}
 		if r := v.Endpoints(c.Name); r != nil {
 			for _, e := range r.Endpoints {
 				p.Candidates = append(p.Candidates, e.Addr)

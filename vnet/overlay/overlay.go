@@ -53,9 +53,10 @@ type Peer struct {
 	Key        keys.WGPublic
 	Candidates []netip.AddrPort // where it may be reached directly
 	// KeepAlive makes WireGuard send a keepalive every 25 s once the peer
-	// is active, which a host behind a NAT needs to keep its mapping; set it
-	// on one side of a pair only (simultaneous handshakes collide and settle
-	// only after 5 s).
+	// is active. Setting it starts a handshake at once: set it on one side
+	// of a pair only, and only where that side initiates (simultaneous
+	// handshakes collide and settle only after 5 s). pvcd does not need it:
+	// the Bind's path probes keep NAT mappings open.
 	KeepAlive bool
 }
 
