@@ -5,7 +5,7 @@ GO ?= go
 FUZZTIME ?= 3s
 BENCHTIME ?= 1x
 
-.PHONY: all deps build test unit e2e fuzz bench lab demo lint sweep clean
+.PHONY: all deps build test unit e2e fuzz bench lab demo tour lint sweep clean
 
 all: build
 
@@ -44,9 +44,13 @@ bench: deps build
 lab: deps build
 	bin/pvc-lab up
 
-# The main job. Until the data plane exists: a tour of the lab that shows
-# what every kind of site looks like from the Internet.
+# The main job: a virtual cluster across NATed sites on this machine, with
+# the real pvc-broker and pvcd; shown, then torn down (also on Ctrl-C).
 demo: deps build
+	bin/pvc-lab demo
+
+# A tour of the lab: what every kind of site does to real traffic.
+tour: deps build
 	bin/pvc-lab tour
 
 # Removes leftovers of lab runs whose process died (never touches live runs).

@@ -33,6 +33,7 @@ firewalls (198.18.N.0/24), made of network namespaces named pvcID-*.`,
 			{Name: "up", Summary: "build a lab, print how to enter its hosts, wait for Ctrl-C, tear it down", Run: runUp},
 			{Name: "tour", Summary: "build a site of every kind, measure each with real traffic, tear down", Run: runTour},
 			{Name: "sweep", Summary: "remove leftovers of lab runs whose process died", Run: runSweep},
+			{Name: "demo", Summary: "a virtual cluster across NATed sites with the real pvc-broker and pvcd, shown and torn down", Run: runDemo},
 		},
 	}
 }
