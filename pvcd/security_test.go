@@ -177,7 +177,7 @@ func TestSecurityBadInput(t *testing.T) {
 		{[]string{"cluster", "init", "Bad_Name", "--broker", "203.0.113.1:7000", "--out", dir}, "cluster name: bad name"},
 		{[]string{"cluster", "init", "x", "--broker", "203.0.113.1", "--out", dir}, `broker "203.0.113.1": want HOST:PORT`},
 		{[]string{"cluster", "init", "x", "--broker", "h:1=zz", "--out", dir}, "--broker: broker h:1: signing public key: bad key"},
-		{[]string{"cluster", "init", "x", "--broker", "h:1", "--subnet", "10.0.0.0/16", "--out", dir}, "subnet 10.0.0.0/16 is not inside 240.0.0.0/4"},
+		{[]string{"cluster", "init", "x", "--broker", "h:1", "--subnet", "198.18.0.0/16", "--out", dir}, "subnet 198.18.0.0/16 is not inside 240.0.0.0/4"},
 		{[]string{"cluster", "init", "x", "--broker", "h:1", "--subnet", "240.0.0.0/3", "--out", dir}, "--subnet"},
 		{[]string{"cluster", "init", "x", "--broker", "h:1", "--subnet", "240.7.1.0/24", "--out", dir}, "overlaps 240.7.0.0/16 of another cluster"},
 		{[]string{"cluster", "init", "x", "--broker", "h:1", "--subnet", "nonsense", "--out", dir}, `--subnet "nonsense": want a prefix`},

@@ -28,8 +28,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/pvc-project/pvc/security/cert"
 	"github.com/pvc-project/pvc/internal/wire"
+	"github.com/pvc-project/pvc/security/cert"
 	"github.com/pvc-project/pvc/security/keys"
 	"github.com/pvc-project/pvc/security/name"
 	"github.com/pvc-project/pvc/security/signed"

@@ -58,7 +58,7 @@ func TestCheckSubnet(t *testing.T) {
 		ok bool
 	}{
 		{"240.7.0.0/16", true}, {"250.0.0.0/8", true}, {"255.255.255.0/24", true},
-		{"10.0.0.0/16", false}, {"240.0.0.0/3", false}, {"240.0.0.0/4", false},
+		{"198.18.0.0/16", false}, {"240.0.0.0/3", false}, {"240.0.0.0/4", false},
 		{"240.7.0.1/16", false}, {"240.7.7.0/25", false}, {"224.0.0.0/16", false},
 	} {
 		err := CheckSubnet(netip.MustParsePrefix(tc.p))

@@ -122,7 +122,7 @@ func TestTamperedBodyIsBadSignature(t *testing.T) {
 func TestSignRefusesBadFields(t *testing.T) {
 	for name, mod := range map[string]func(*Cert){
 		"bad name":       func(c *Cert) { c.Name = "Node_1" },
-		"ip outside 240": func(c *Cert) { c.IP = netip.MustParseAddr("10.0.0.1") },
+		"ip outside 240": func(c *Cert) { c.IP = netip.MustParseAddr("198.18.0.1") },
 		"ipv6":           func(c *Cert) { c.IP = netip.MustParseAddr("::1") },
 		"no wg key":      func(c *Cert) { c.WGKey = keys.WGPublic{} },
 		"short sign key": func(c *Cert) { c.SignKey = c.SignKey[:5] },

@@ -13,7 +13,7 @@ import (
 
 func sample() []Endpoint {
 	return []Endpoint{
-		{Host, netip.MustParseAddrPort("192.168.1.5:51820")},
+		{Host, netip.MustParseAddrPort("198.18.1.5:51820")},
 		{Observed, netip.MustParseAddrPort("203.0.113.7:40000")},
 		{UPnP, netip.MustParseAddrPort("[2001:db8::1]:51820")},
 	}

@@ -150,8 +150,8 @@ func TestParseLocal(t *testing.T) {
 	}
 	for _, tc := range []struct{ src, want string }{
 		{"domain\n", "line 1: policy syntax error: domain needs"},
-		{"domain 10.0.0.0/33\n", "line 1: policy syntax error: domain network \"10.0.0.0/33\""},
-		{"domain 10.0.0.1/8\n", "host bits set"},
+		{"domain 198.18.0.0/33\n", "line 1: policy syntax error: domain network \"198.18.0.0/33\""},
+		{"domain 198.18.0.1/15\n", "host bits set"},
 		{"outside inbound\n", "line 1: policy syntax error: want \"outside"},
 		{"outside sideways allow\n", "want \"outside"},
 		{"outside inbound allow\noutside inbound deny\n", "line 2: policy syntax error: second \"outside inbound\""},

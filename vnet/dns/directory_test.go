@@ -44,7 +44,7 @@ func TestMemDirectory(t *testing.T) {
 	}
 	for _, bad := range []Peer{
 		{"", a1}, {"a_b", a1}, {"-a", a1}, {"a.b", a1},
-		{"ok", netip.MustParseAddr("10.0.0.1")}, {"ok", netip.MustParseAddr("::ffff:240.1.0.9")}, {"ok", netip.Addr{}},
+		{"ok", netip.MustParseAddr("198.18.0.1")}, {"ok", netip.MustParseAddr("::ffff:240.1.0.9")}, {"ok", netip.Addr{}},
 	} {
 		if err := d.Set(bad.Name, bad.Addr); !errors.Is(err, ErrBadPeer) {
 			t.Errorf("Set(%q, %v) = %v, want ErrBadPeer", bad.Name, bad.Addr, err)

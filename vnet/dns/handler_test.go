@@ -288,7 +288,7 @@ func TestNewHandlerChecksConfig(t *testing.T) {
 		"bad label":        func(c *Config) { c.Domain = "a_b.pvc" },
 		"empty label":      func(c *Config) { c.Domain = "a..pvc" },
 		"no subnet":        func(c *Config) { c.Subnet = netip.Prefix{} },
-		"subnet not 240/4": func(c *Config) { c.Subnet = netip.MustParsePrefix("10.0.0.0/16") },
+		"subnet not 240/4": func(c *Config) { c.Subnet = netip.MustParsePrefix("198.18.0.0/16") },
 		"subnet unmasked":  func(c *Config) { c.Subnet = netip.MustParsePrefix("240.1.0.1/16") },
 		"subnet too big":   func(c *Config) { c.Subnet = netip.MustParsePrefix("240.0.0.0/4") },
 		"subnet IPv6":      func(c *Config) { c.Subnet = netip.MustParsePrefix("fd00::/64") },

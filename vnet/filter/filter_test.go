@@ -154,7 +154,7 @@ func TestUnknownAndInvalidDropped(t *testing.T) {
 	h := newHarness(t, "default allow\n", "", nil)
 	passes(t, "from unknown peer", h.in(udpPkt(ghost, 1, selfIP, 2, 10)))
 	passes(t, "to unknown peer", h.out(udpPkt(selfIP, 1, ghost, 2, 10)))
-	passes(t, "to another host via this one", h.in(udpPkt(w1IP, 1, "10.0.0.5", 2, 10)))
+	passes(t, "to another host via this one", h.in(udpPkt(w1IP, 1, "198.18.0.5", 2, 10)))
 	passes(t, "not from this host", h.out(udpPkt("240.0.0.50", 1, w1IP, 2, 10)))
 	v6 := make([]byte, 60)
 	v6[0] = 0x60

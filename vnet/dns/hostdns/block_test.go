@@ -49,7 +49,7 @@ func TestRenderBlock(t *testing.T) {
 
 func TestFileSetRemove(t *testing.T) {
 	const outsideHead = "127.0.0.1 localhost\n# a comment\n\n"
-	const outsideTail = "::1 localhost ip6-localhost\r\n10.0.0.1 nas # END pvc alpha is not a marker here\n"
+	const outsideTail = "::1 localhost ip6-localhost\r\n198.18.0.1 nas # END pvc alpha is not a marker here\n"
 	const stale = "# BEGIN pvc alpha (managed by pvcd; do not edit)  \r\n240.1.0.9 old.alpha.pvc old\n# END pvc alpha\t\n"
 	tests := []struct {
 		name     string

@@ -12,7 +12,7 @@ import (
 	"testing"
 )
 
-const systemHosts = "127.0.0.1\tlocalhost\n::1 localhost ip6-localhost # keep\n\n# site entries\n10.0.0.5 nas\n"
+const systemHosts = "127.0.0.1\tlocalhost\n::1 localhost ip6-localhost # keep\n\n# site entries\n198.18.0.5 nas\n"
 
 func writeHosts(t *testing.T, content string, mode os.FileMode) string {
 	t.Helper()
@@ -95,12 +95,12 @@ func TestHostsFileLifecycle(t *testing.T) {
 func TestHostsFileCrashRecovery(t *testing.T) {
 	ctx := t.Context()
 	stale := "# BEGIN pvc alpha (managed by pvcd; do not edit)\n240.1.0.77 gone.alpha.pvc gone\n# END pvc alpha\n"
-	p := writeHosts(t, "127.0.0.1 localhost\n"+stale+"10.0.0.5 nas\n", 0o644)
+	p := writeHosts(t, "127.0.0.1 localhost\n"+stale+"198.18.0.5 nas\n", 0o644)
 	for range 2 {
 		if err := newHF(t, p, "alpha").Apply(ctx, hostsA); err != nil {
 			t.Fatal(err)
 		}
-		if got, want := readHosts(t, p), "127.0.0.1 localhost\n"+blockA+"10.0.0.5 nas\n"; got != want {
+		if got, want := readHosts(t, p), "127.0.0.1 localhost\n"+blockA+"198.18.0.5 nas\n"; got != want {
 			t.Fatalf("after restart:\n%s\nwant:\n%s", got, want)
 		}
 	}
@@ -213,7 +213,7 @@ func TestHostsFileEdges(t *testing.T) {
 		t.Fatalf("target after Undo: %q", got)
 	}
 	// A malformed block: the file is left alone and the error says why.
-	bad := "127.0.0.1 localhost\n# BEGIN pvc alpha (managed by pvcd; do not edit)\n10.0.0.1 user-line\n"
+	bad := "127.0.0.1 localhost\n# BEGIN pvc alpha (managed by pvcd; do not edit)\n198.18.0.1 user-line\n"
 	pb := writeHosts(t, bad, 0o644)
 	if err := newHF(t, pb, "alpha").Apply(ctx, hostsA); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("Apply on a malformed file: %v, want ErrMalformed", err)

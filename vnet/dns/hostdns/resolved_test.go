@@ -109,8 +109,8 @@ func TestDetect(t *testing.T) {
 		resolvectl bool
 		want       bool
 	}{
-		{"this machine: plain resolv.conf", map[string]string{"/etc/resolv.conf": "nameserver 10.255.255.53\n"}, false, false},
-		{"busctl alone is not resolved", map[string]string{"/etc/resolv.conf": "nameserver 10.255.255.53\n"}, true, false},
+		{"this machine: plain resolv.conf", map[string]string{"/etc/resolv.conf": "nameserver 198.18.255.53\n"}, false, false},
+		{"busctl alone is not resolved", map[string]string{"/etc/resolv.conf": "nameserver 198.18.255.53\n"}, true, false},
 		{"stub in use", map[string]string{stub: "", "/etc/resolv.conf": "# stub\nnameserver 127.0.0.53\noptions edns0\n"}, true, true},
 		{"resolved runs but resolv.conf bypasses it", map[string]string{stub: "", "/etc/resolv.conf": "nameserver 192.0.2.1\n"}, true, false},
 		{"nss-resolve", map[string]string{stub: "", "/etc/resolv.conf": "nameserver 192.0.2.1\n",
