@@ -2,9 +2,6 @@ package cluster
 
 import (
 	"context"
-	"crypto/sha256"
-	"io"
-	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -120,55 +117,12 @@ func TestClusterAcrossNATs(t *testing.T) {
 	}
 }
 
-// transfer sends size bytes over TCP from one lab host to an address of
-// another and checks them with SHA-256; it returns Mbit/s.
+// transfer is netlab.Transfer, failing the test on error.
 func transfer(t *testing.T, from, to *netlab.Host, dst netip.Addr, size int) float64 {
 	t.Helper()
-	var ln net.Listener
-	if err := to.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(dst, 0).String())
-		return err
-	}); err != nil {
+	mbps, err := netlab.Transfer(from, to, dst, 0, size)
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	got := make(chan []byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer c.Close()
-		h := sha256.New()
-		io.Copy(h, c)
-		got <- h.Sum(nil)
-	}()
-	var c net.Conn
-	if err := from.Do(func() error {
-		var err error
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 10*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	data := make([]byte, 1<<20)
-	for i := range data {
-		data[i] = byte(i * 13)
-	}
-	h := sha256.New()
-	start := time.Now()
-	for sent := 0; sent < size; sent += len(data) {
-		if _, err := c.Write(data); err != nil {
-			t.Fatal(err)
-		}
-		h.Write(data)
-	}
-	c.Close()
-	sum := <-got
-	if string(sum) != string(h.Sum(nil)) {
-		t.Fatal("checksum mismatch")
-	}
-	return float64(size) * 8 / time.Since(start).Seconds() / 1e6
+	return mbps
 }

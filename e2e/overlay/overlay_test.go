@@ -5,10 +5,6 @@ package overlay
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"io"
-	"net"
 	"net/netip"
 	"sync"
 	"testing"
@@ -98,65 +94,18 @@ func waitPath(n *node, peer string, want bind.PathKind, within time.Duration) {
 	}
 }
 
-// transfer sends size bytes over TCP from the from host to to's address
-// (inside to's host) and checks them with SHA-256. It returns Mbit/s.
+// transfer is netlab.Transfer to any port, failing the test on error.
 func transfer(t testing.TB, from, to *netlab.Host, dst netip.Addr, size int) float64 {
 	return transferPort(t, from, to, dst, 0, size)
 }
 
-// transferPort is transfer to a given port (0: any).
 func transferPort(t testing.TB, from, to *netlab.Host, dst netip.Addr, port uint16, size int) float64 {
 	t.Helper()
-	var ln net.Listener
-	if err := to.Do(func() error {
-		var err error
-		ln, err = net.Listen("tcp4", netip.AddrPortFrom(dst, port).String())
-		return err
-	}); err != nil {
+	mbps, err := netlab.Transfer(from, to, dst, port, size)
+	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	sum := make(chan [32]byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			sum <- [32]byte{}
-			return
-		}
-		defer c.Close()
-		h := sha256.New()
-		io.Copy(h, c)
-		var s [32]byte
-		copy(s[:], h.Sum(nil))
-		sum <- s
-	}()
-	var c net.Conn
-	if err := from.Do(func() error {
-		var err error
-		c, err = net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	data := make([]byte, 1<<20)
-	for i := range data {
-		data[i] = byte(i * 7)
-	}
-	h := sha256.New()
-	start := time.Now()
-	for sent := 0; sent < size; sent += len(data) {
-		if _, err := c.Write(data); err != nil {
-			t.Fatal(err)
-		}
-		h.Write(data)
-	}
-	c.Close()
-	got := <-sum
-	secs := time.Since(start).Seconds()
-	if hex.EncodeToString(got[:]) != hex.EncodeToString(h.Sum(nil)) {
-		t.Fatalf("checksum mismatch over %s -> %s", from.Name, dst)
-	}
-	return float64(size) * 8 / secs / 1e6
+	return mbps
 }
 
 // TestOverlayAcrossNATs: a peer at a cone, a symmetric and a udp-blocked
