@@ -21,27 +21,9 @@ import (
 // `pvcd down`.
 func TestClusterAcrossNATs(t *testing.T) {
 	netlab.RequireTools(t, "ping", "dig")
-	c := newCluster(t, netlab.Spec{Internet: []string{"b1"}, Sites: []netlab.SiteSpec{
-		{Name: "mast", Kind: netlab.Public},
-		{Name: "cone", Kind: netlab.Cone},
-		{Name: "fw", Kind: netlab.Firewall},
-	}})
-	l := c.Lab
-	tok, err := c.Token(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	mast := up(t, c, l.Site("mast").Hosts[0], "master", "--master-key", c.MasterKey())
-	cone := up(t, c, l.Site("cone").Hosts[0], "cone1", "--join", tok)
-	fw := up(t, c, l.Site("fw").Hosts[0], "fw1", "--join", tok)
-	t.Logf("three pvcd up (master, two enrolled through the broker) in %v", time.Since(start).Round(time.Millisecond))
+	_, mast, cone, fw := startThree(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := c.WaitPeers(ctx, 20*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("every peer knows every other after %v", time.Since(start).Round(time.Millisecond))
 
 	// Ping by name, through pvcd's DNS and the overlay.
 	for _, pair := range [][2]*vcluster.Node{{cone, fw}, {fw, cone}, {cone, mast}, {mast, fw}} {

@@ -20,24 +20,9 @@ import (
 // hosts block and control socket; `pvcd down` then leaves nothing.
 func TestRevokeAndCrash(t *testing.T) {
 	netlab.RequireTools(t, "ping")
-	c := newCluster(t, netlab.Spec{Internet: []string{"b1"}, Sites: []netlab.SiteSpec{
-		{Name: "mast", Kind: netlab.Public},
-		{Name: "cone", Kind: netlab.Cone},
-		{Name: "fw", Kind: netlab.Firewall},
-	}})
-	l := c.Lab
-	tok, err := c.Token(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	up(t, c, l.Site("mast").Hosts[0], "master", "--master-key", c.MasterKey())
-	cone := up(t, c, l.Site("cone").Hosts[0], "cone1", "--join", tok)
-	fw := up(t, c, l.Site("fw").Hosts[0], "fw1", "--join", tok)
+	c, _, cone, fw := startThree(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := c.WaitPeers(ctx, 20*time.Second); err != nil {
-		t.Fatal(err)
-	}
 	reach := func() bool {
 		_, err := cone.Host.Run(ctx, "ping", "-n", "-c", "1", "-W", "1", fw.Status.VirtualIP.String())
 		return err == nil
