@@ -9,6 +9,7 @@ PACKAGES=(
   iproute2 iptables nftables tcpdump conntrack procps psmisc
   miniupnpd miniupnpc stun-server
   netpipe-tcp iperf3 iputils-ping dnsutils
+  slurmctld slurmd slurm-client munge ncbi-blast+
   ca-certificates git make gcc
 )
 
