@@ -71,7 +71,11 @@ func newFilteredNode(t testing.TB, ctx context.Context, wg *sync.WaitGroup, rela
 // settles that only after its 5 s rekey timeout.
 func (n *node) addPeer(t testing.TB, o *node, keepalive bool, cands ...netip.AddrPort) {
 	t.Helper()
-	if err := n.o.SetPeer(overlay.Peer{Name: o.name, IP: o.ip, Key: o.pub, Candidates: cands, KeepAlive: keepalive}); err != nil {
+	cs := make([]bind.Candidate, len(cands))
+	for i, a := range cands {
+		cs[i] = bind.Candidate{Addr: a, Kind: bind.PathDirect}
+	}
+	if err := n.o.SetPeer(overlay.Peer{Name: o.name, IP: o.ip, Key: o.pub, Candidates: cs, KeepAlive: keepalive}); err != nil {
 		t.Fatal(err)
 	}
 }

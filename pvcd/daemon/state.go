@@ -18,6 +18,7 @@ import (
 	"github.com/pvc-project/pvc/security/cert"
 	"github.com/pvc-project/pvc/security/endpoint"
 	"github.com/pvc-project/pvc/security/policy"
+	"github.com/pvc-project/pvc/vnet/bind"
 	"github.com/pvc-project/pvc/vnet/dns"
 	"github.com/pvc-project/pvc/vnet/dns/hostdns"
 	"github.com/pvc-project/pvc/vnet/filter"
@@ -104,9 +105,7 @@ func (d *daemon) sync(v *client.View, known map[string]bool) {
 		// handshake that collides with the peer's (5 s stall).
 		p := overlay.Peer{Name: c.Name, IP: c.IP, Key: c.WGKey}
 		if r := v.Endpoints(c.Name); r != nil {
-			for _, e := range r.Endpoints {
-				p.Candidates = append(p.Candidates, e.Addr)
-			}
+			p.Candidates = candidates(r.Endpoints)
 		}
 		if err := o.SetPeer(p); err != nil {
 			d.log.Warn("peer", "peer", c.Name, "err", err)
@@ -329,3 +328,21 @@ func (d *daemon) Ping(ctx context.Context, name string) (control.PingResult, err
 func (d *daemon) Down() { d.stop() }
 
 var errNoReply = errors.New("no reply")
+
+// candidates turns a peer's signed endpoint record into the addresses its
+// direct paths are probed on: its host addresses (direct) and its UPnP
+// mapping (upnp). Its observed public address is no candidate of its own:
+// crossing a NAT needs both sides to punch, which ICE does with the exact
+// mapping of the shared socket.
+func candidates(eps []endpoint.Endpoint) []bind.Candidate {
+	var out []bind.Candidate
+	for _, e := range eps {
+		switch e.Kind {
+		case endpoint.Host:
+			out = append(out, bind.Candidate{Addr: e.Addr, Kind: bind.PathDirect})
+		case endpoint.UPnP:
+			out = append(out, bind.Candidate{Addr: e.Addr, Kind: bind.PathUPnP})
+		}
+	}
+	return out
+}

@@ -89,8 +89,9 @@ type pending struct {
 }
 
 type relayed struct {
-	ep  *Endpoint
-	pkt []byte
+	ep     *Endpoint
+	pkt    []byte
+	stream bool // from a TCP path, not the relay
 }
 
 var (
@@ -162,6 +163,11 @@ func (b *Bind) Close() error {
 	}
 	b.opened = false
 	close(b.closed)
+	for _, e := range b.peers {
+		if s := e.stream.Load(); s != nil {
+			e.dropStream(s)
+		}
+	}
 	return b.std.Close()
 }
 
@@ -212,19 +218,82 @@ func (b *Bind) RemovePeer(name string) {
 		}
 	}
 	ep.direct.Store(nil)
+	if s := ep.stream.Load(); s != nil {
+		ep.dropStream(s)
+	}
 }
 
 // SetCandidates sets the addresses where the peer may be reached directly
-// (its host addresses, its observed public address, a UPnP mapping). They
-// are probed; the first that answers becomes the direct path.
-func (b *Bind) SetCandidates(name string, addrs []netip.AddrPort) {
+// (its host addresses, a UPnP mapping). They are probed; the first that
+// answers becomes the direct path. Candidates learnt since (AddCandidate,
+// peer-reflexive) are kept when still of a known kind.
+func (b *Bind) SetCandidates(name string, cands []Candidate) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	ep := b.peerLocked(name)
 	ep.mu.Lock()
-	ep.candidates = append([]netip.AddrPort(nil), addrs...)
+	next := append([]Candidate(nil), cands...)
+	if len(next) > maxCandidates {
+		next = next[:maxCandidates]
+	}
+	for _, c := range ep.candidates {
+		if c.Kind == PathPunched && len(next) < maxCandidates && !hasCandidate(next, c.Addr) {
+			next = append(next, c)
+		}
+	}
+	ep.candidates = next
 	ep.fastLeft = fastRounds
 	ep.mu.Unlock()
+}
+
+// AddCandidate adds one address (e.g. the remote side of the pair ICE
+// selected) and probes the peer fast again. A known address takes the new
+// kind.
+func (b *Bind) AddCandidate(name string, c Candidate) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ep := b.peerLocked(name)
+	ep.mu.Lock()
+	defer ep.mu.Unlock()
+	for i := range ep.candidates {
+		if ep.candidates[i].Addr == c.Addr {
+			ep.candidates[i].Kind = c.Kind
+			ep.fastLeft = fastRounds
+			return
+		}
+	}
+	if len(ep.candidates) >= maxCandidates {
+		ep.candidates = ep.candidates[1:] // the oldest goes
+	}
+	ep.candidates = append(ep.candidates, c)
+	ep.fastLeft = fastRounds
+}
+
+func hasCandidate(cs []Candidate, a netip.AddrPort) bool {
+	for _, c := range cs {
+		if c.Addr == a {
+			return true
+		}
+	}
+	return false
+}
+
+// HasDirect reports whether the peer has a confirmed direct UDP path.
+func (b *Bind) HasDirect(name string) bool {
+	b.mu.Lock()
+	ep := b.peers[name]
+	b.mu.Unlock()
+	return ep != nil && ep.direct.Load() != nil
+}
+
+// SendTo sends one datagram from the shared socket (for ICE's STUN
+// messages: they must leave from the port WireGuard uses).
+func (b *Bind) SendTo(pkt []byte, to netip.AddrPort) error {
+	ep, err := b.std.ParseEndpoint(to.String())
+	if err != nil {
+		return err
+	}
+	return b.std.Send([][]byte{pkt}, ep)
 }
 
 // Send sends bufs to ep over its current path: the confirmed direct path in
@@ -242,6 +311,12 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 			}
 		}
 		return err
+	}
+	if s := e.stream.Load(); s != nil {
+		if err := s.send(bufs); err == nil {
+			return nil
+		}
+		e.dropStream(s) // broken: the relay takes over
 	}
 	if b.cfg.Relay == nil {
 		return fmt.Errorf("%w %s", ErrNoPath, e.name)
@@ -268,7 +343,7 @@ func (b *Bind) DeliverRelay(from string, pkt []byte) {
 		return
 	}
 	select {
-	case q <- relayed{ep, append([]byte(nil), pkt...)}:
+	case q <- relayed{ep: ep, pkt: append([]byte(nil), pkt...)}:
 	default:
 		b.droppedRelay.Add(1)
 	}
@@ -286,7 +361,11 @@ func (b *Bind) makeReceiveRelay(q chan relayed, closed chan struct{}) conn.Recei
 		for {
 			sizes[n] = copy(bufs[n], r.pkt)
 			eps[n] = r.ep
-			r.ep.rxRelay.Add(uint64(sizes[n]))
+			if r.stream {
+				r.ep.rxStream.Add(uint64(sizes[n]))
+			} else {
+				r.ep.rxRelay.Add(uint64(sizes[n]))
+			}
 			n++
 			if n == len(bufs) {
 				return n, nil

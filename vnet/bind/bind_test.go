@@ -170,7 +170,7 @@ func TestRelayThenDirectThenFallback(t *testing.T) {
 	// Give both sides each other's address: the direct path is confirmed
 	// while traffic keeps flowing.
 	lo := netip.MustParseAddr("127.0.0.1")
-	a.bind.SetCandidates("b", []netip.AddrPort{netip.AddrPortFrom(lo, b.localPort(t))})
+	a.bind.SetCandidates("b", []Candidate{{Addr: netip.AddrPortFrom(lo, b.localPort(t)), Kind: PathDirect}})
 	done := make(chan int)
 	go func() { done <- pingThrough(a, b, 40, 10*time.Millisecond) }()
 	waitPath(t, a.bind, "b", PathDirect, 3*time.Second)

@@ -20,16 +20,20 @@ type Endpoint struct {
 
 	direct atomic.Pointer[path] // the confirmed direct path; nil: relay
 
+	stream atomic.Pointer[stream] // an authenticated TCP path; used when there is no direct UDP path
+
 	mu         sync.Mutex // guards candidates, lastPing, fastLeft
-	candidates []netip.AddrPort
+	candidates []Candidate
 	lastPing   time.Time
 	fastLeft   int // fast probe rounds left before backing off
 
 	txDirect, txRelay, rxDirect, rxRelay atomic.Uint64
+	txStream, rxStream                   atomic.Uint64
 	changes                              atomic.Uint64 // path changes
 }
 
 type path struct {
+	kind      PathKind
 	addr      netip.AddrPort
 	std       conn.Endpoint // carries the sticky source address
 	rtt       time.Duration
@@ -54,6 +58,9 @@ func (e *Endpoint) SrcToString() string { return "" }
 func (e *Endpoint) DstToString() string {
 	if d := e.direct.Load(); d != nil {
 		return d.addr.String()
+	}
+	if s := e.stream.Load(); s != nil {
+		return "tcp:" + s.remote.String()
 	}
 	return "relay:" + e.name
 }
@@ -81,12 +88,22 @@ func (e *Endpoint) SrcIP() netip.Addr { return netip.Addr{} }
 // PathKind names a path.
 type PathKind string
 
-// Path kinds this package knows; the traversal techniques add their own
-// names for direct paths (upnp, punched, ...).
+// Path kinds: how the path to a peer was made.
 const (
-	PathDirect PathKind = "direct"
-	PathRelay  PathKind = "relay"
+	PathDirect   PathKind = "direct"    // the peer's own address answered (or it reached us from one)
+	PathUPnP     PathKind = "upnp"      // a port mapped on the peer's gateway
+	PathPunched  PathKind = "punched"   // a UDP hole punched by ICE (server- or peer-reflexive)
+	PathTTCP     PathKind = "ttcp"      // Traversing-TCP: the peer's blocked SYN carried and injected
+	PathTCPPunch PathKind = "tcp-punch" // TCP simultaneous open
+	PathRelay    PathKind = "relay"     // through a broker
 )
+
+// Candidate is an address where a peer may answer probes, and the kind of
+// path it makes.
+type Candidate struct {
+	Addr netip.AddrPort
+	Kind PathKind
+}
 
 // PeerStatus is what `pvcd peers` shows of a peer's path.
 type PeerStatus struct {
@@ -99,8 +116,10 @@ type PeerStatus struct {
 	TxRelay     uint64
 	RxDirect    uint64
 	RxRelay     uint64
-	Candidates  []netip.AddrPort
+	Candidates  []Candidate
 	ConfirmedAt time.Time
+	TxStream    uint64 // bytes over a TCP path (ttcp, tcp-punch, direct TCP)
+	RxStream    uint64
 }
 
 // Status returns every peer's path, sorted by name.
@@ -115,11 +134,14 @@ func (b *Bind) Status() []PeerStatus {
 	for _, e := range eps {
 		s := PeerStatus{Name: e.name, Path: PathRelay, Changes: e.changes.Load(),
 			TxDirect: e.txDirect.Load(), TxRelay: e.txRelay.Load(), RxDirect: e.rxDirect.Load(), RxRelay: e.rxRelay.Load()}
+		s.TxStream, s.RxStream = e.txStream.Load(), e.rxStream.Load()
 		if d := e.direct.Load(); d != nil {
-			s.Path, s.Remote, s.RTT, s.ConfirmedAt = PathDirect, d.addr.String(), d.rtt, d.confirmed
+			s.Path, s.Remote, s.RTT, s.ConfirmedAt = d.kind, d.addr.String(), d.rtt, d.confirmed
+		} else if st := e.stream.Load(); st != nil {
+			s.Path, s.Remote, s.ConfirmedAt = st.kind, "tcp:"+st.remote.String(), st.since
 		}
 		e.mu.Lock()
-		s.Candidates = append([]netip.AddrPort(nil), e.candidates...)
+		s.Candidates = append([]Candidate(nil), e.candidates...)
 		e.mu.Unlock()
 		out = append(out, s)
 	}
@@ -178,12 +200,17 @@ func (b *Bind) probeRound() {
 		}
 		e.mu.Lock()
 		var targets []netip.AddrPort
+		all := func() {
+			for _, c := range e.candidates {
+				targets = append(targets, c.Addr)
+			}
+		}
 		switch {
 		case d == nil && e.fastLeft > 0:
 			e.fastLeft--
-			targets = append(targets, e.candidates...)
+			all()
 		case d == nil && now.Sub(e.lastPing) >= b.cfg.ProbeInterval:
-			targets = append(targets, e.candidates...) // backed off: nothing answered
+			all() // backed off: nothing answered
 		case d != nil && now.Sub(e.lastPing) >= b.cfg.ProbeInterval:
 			targets = append(targets, d.addr)
 		}
@@ -250,11 +277,12 @@ func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, std conn.Endpoint) {
 		ep.mu.Lock()
 		known := false
 		for _, c := range ep.candidates {
-			known = known || c == from
+			known = known || c.Addr == from
 		}
 		if !known && len(ep.candidates) < maxCandidates {
-			// Peer-reflexive: the address its NAT gave it toward us.
-			ep.candidates = append(ep.candidates, from)
+			// Peer-reflexive: the address its NAT gave it toward us; it
+			// reached us from there, so the path needs no technique.
+			ep.candidates = append(ep.candidates, Candidate{Addr: from, Kind: PathDirect})
 		}
 		ep.mu.Unlock()
 		b.sendProbe(p.from, from, true, p.nonce)
@@ -264,9 +292,10 @@ func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, std conn.Endpoint) {
 		return
 	}
 	rtt := now.Sub(pend.sent)
+	kind := ep.kindOf(from)
 	for {
 		cur := ep.direct.Load()
-		next := &path{addr: from, std: std, rtt: rtt, lastPong: now, confirmed: now}
+		next := &path{kind: kind, addr: from, std: std, rtt: rtt, lastPong: now, confirmed: now}
 		if cur != nil {
 			if cur.addr == from {
 				next.confirmed = cur.confirmed
@@ -281,4 +310,16 @@ func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, std conn.Endpoint) {
 			return
 		}
 	}
+}
+
+// kindOf returns the kind of the candidate at addr (direct if unknown).
+func (e *Endpoint) kindOf(addr netip.AddrPort) PathKind {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, c := range e.candidates {
+		if c.Addr == addr && c.Kind != "" {
+			return c.Kind
+		}
+	}
+	return PathDirect
 }

@@ -44,6 +44,13 @@ type Config struct {
 	Logger     *slog.Logger // nil: discard
 	// ProbeInterval is passed to the Bind (0: its default).
 	ProbeInterval time.Duration
+	// Other receives the packets on the shared UDP socket that are neither
+	// WireGuard nor probes (STUN for ICE); see bind.Config.Other.
+	Other func(pkt []byte, from netip.AddrPort)
+	// OnActive is called (on its own goroutine) when a peer becomes active:
+	// the first packet for it left the TUN, or it contacted us. The
+	// traversal techniques start there.
+	OnActive func(name string)
 }
 
 // Peer is a certified peer.
@@ -51,7 +58,7 @@ type Peer struct {
 	Name       string
 	IP         netip.Addr
 	Key        keys.WGPublic
-	Candidates []netip.AddrPort // where it may be reached directly
+	Candidates []bind.Candidate // where it may be reached directly
 	// KeepAlive makes WireGuard send a keepalive every 25 s once the peer
 	// is active. Setting it starts a handshake at once: set it on one side
 	// of a pair only, and only where that side initiates (simultaneous
@@ -91,7 +98,7 @@ func New(cfg Config) (*Overlay, error) {
 	}
 	o := &Overlay{cfg: cfg, log: log,
 		peers: map[string]*Peer{}, byIP: map[netip.Addr]string{}, byKey: map[keys.WGPublic]string{}, active: map[string]bool{}}
-	o.bind = bind.New(bind.Config{Self: cfg.Self, Relay: cfg.Relay, Auth: cfg.Auth, OpenIn: cfg.OpenIn, ProbeInterval: cfg.ProbeInterval})
+	o.bind = bind.New(bind.Config{Self: cfg.Self, Relay: cfg.Relay, Auth: cfg.Auth, OpenIn: cfg.OpenIn, ProbeInterval: cfg.ProbeInterval, Other: cfg.Other})
 	wlog := &device.Logger{
 		Verbosef: func(string, ...any) {},
 		Errorf:   func(f string, a ...any) { log.Debug("wireguard: " + fmt.Sprintf(f, a...)) },
@@ -213,6 +220,9 @@ func (o *Overlay) activate(name string) {
 	o.mu.Unlock()
 	o.log.Info("peer active", "peer", name, "candidates", len(cp.Candidates))
 	o.bind.SetCandidates(name, cp.Candidates)
+	if o.cfg.OnActive != nil {
+		go o.cfg.OnActive(name)
+	}
 	if err := o.keepAlive(&cp); err != nil {
 		o.log.Warn("keepalive", "peer", name, "err", err)
 	}
@@ -350,4 +360,23 @@ func (o *Overlay) deviceState() (devState, error) {
 	}
 	flush()
 	return s, nil
+}
+
+// Active reports whether traffic has flowed to or from the peer.
+func (o *Overlay) Active(name string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.active[name]
+}
+
+// ActivePeers lists the peers traffic has flowed to or from.
+func (o *Overlay) ActivePeers() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]string, 0, len(o.active))
+	for n := range o.active {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -71,7 +71,7 @@ func TestOnDemand(t *testing.T) {
 	a := newTNode(t, ctx, &wg, r, "a", "240.5.0.1")
 	b := newTNode(t, ctx, &wg, r, "b", "240.5.0.2")
 	lo := netip.MustParseAddr("127.0.0.1")
-	if err := a.o.SetPeer(Peer{Name: "b", IP: b.ip, Key: b.pub, KeepAlive: true, Candidates: []netip.AddrPort{netip.AddrPortFrom(lo, b.o.Port())}}); err != nil {
+	if err := a.o.SetPeer(Peer{Name: "b", IP: b.ip, Key: b.pub, KeepAlive: true, Candidates: []bind.Candidate{{Addr: netip.AddrPortFrom(lo, b.o.Port()), Kind: bind.PathDirect}}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.o.SetPeer(Peer{Name: "a", IP: a.ip, Key: a.pub}); err != nil {
