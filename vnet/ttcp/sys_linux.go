@@ -1,0 +1,114 @@
+//go:build linux
+
+package ttcp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Available reports whether this process can run Traversing-TCP here: it
+// needs CAP_NET_ADMIN (NFQUEUE, iptables rules, the TUN device),
+// CAP_NET_RAW (the raw socket of the low-TTL opening SYN), /dev/net/tun
+// and the iptables program. The error, which wraps ErrUnavailable, names
+// everything that is missing, so that the caller can log it and go on with
+// the next technique. It checks the calling thread's capabilities.
+func Available() error { return available("iptables") }
+
+func available(iptables string) error {
+	var missing []string
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		missing = append(missing, "capabilities unreadable: "+err.Error())
+	} else {
+		for _, c := range []struct {
+			bit  uint
+			name string
+		}{{unix.CAP_NET_ADMIN, "CAP_NET_ADMIN"}, {unix.CAP_NET_RAW, "CAP_NET_RAW"}} {
+			if data[c.bit/32].Effective&(1<<(c.bit%32)) == 0 {
+				missing = append(missing, c.name)
+			}
+		}
+	}
+	if f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0); err != nil {
+		missing = append(missing, "/dev/net/tun ("+err.Error()+")")
+	} else {
+		f.Close()
+	}
+	if _, err := exec.LookPath(iptables); err != nil {
+		missing = append(missing, "the "+iptables+" program")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: missing %s", ErrUnavailable, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// rule is one iptables rule that this package adds and later deletes.
+type rule struct {
+	table, chain string
+	spec         []string
+}
+
+func (r rule) String() string {
+	return fmt.Sprintf("-t %s %s %s", r.table, r.chain, strings.Join(r.spec, " "))
+}
+
+// iptables runs the iptables program in the calling thread's network
+// namespace (the child inherits it).
+func iptables(prog string, args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, prog, append([]string{"-w", "5"}, args...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", prog, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func addRule(prog string, r rule) error {
+	return iptables(prog, append([]string{"-t", r.table, "-I", r.chain}, r.spec...)...)
+}
+
+func delRule(prog string, r rule) error {
+	return iptables(prog, append([]string{"-t", r.table, "-D", r.chain}, r.spec...)...)
+}
+
+// delRules deletes rules in reverse order and joins the errors.
+func delRules(prog string, rs []rule) error {
+	var errs []error
+	for i := len(rs) - 1; i >= 0; i-- {
+		errs = append(errs, delRule(prog, rs[i]))
+	}
+	return errors.Join(errs...)
+}
+
+// threadNS opens the calling thread's network namespace, so that later
+// clean-ups can return to it from any goroutine.
+func threadNS() (*os.File, error) {
+	return os.Open("/proc/thread-self/ns/net")
+}
+
+// inNS runs fn on a fresh OS thread inside the namespace ns; the thread is
+// discarded afterwards.
+func inNS(ns *os.File, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("enter network namespace: %w", err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
