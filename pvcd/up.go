@@ -40,6 +40,7 @@ holds the master key runs with --master-key and certifies itself.`, stdout)
 	port := fs.Uint("port", 0, "WireGuard UDP `PORT` (0: any)")
 	fs.StringVar(&cfg.LocalPolicy, "local-policy", "", "the site's local policy `FILE` (default: allow all)")
 	fs.StringVar(&cfg.HostsPath, "hosts-file", "/etc/hosts", "hosts `FILE` that gets the cluster's names while the daemon runs")
+	paths := fs.String("paths", "all", "traversal `TECHNIQUES` this host may use, comma-separated: upnp, ice (UDP hole\npunching), tcp (plain TCP to a peer that accepts it), ttcp (Traversing-TCP),\ntcp-punch (TCP simultaneous open); or all, none. Direct UDP and the\nbroker relay are always on")
 	verbose := fs.Bool("verbose", false, "log debug messages")
 	pos, err := cli.Parse(fs, args)
 	if err != nil {
@@ -66,6 +67,9 @@ holds the master key runs with --master-key and certifies itself.`, stdout)
 		if _, err := token.Parse(cfg.Join); err != nil {
 			return cfg, cli.Usagef("--join: %v", err)
 		}
+	}
+	if cfg.Techniques, err = daemon.ParseTechniques(*paths); err != nil {
+		return cfg, cli.Usagef("--paths: %v", err)
 	}
 	if *port > 65535 {
 		return cfg, cli.Usagef("--port %d: want 0 to 65535", *port)

@@ -47,8 +47,10 @@ type Config struct {
 	ListenPort  uint16 // WireGuard UDP port; 0: any
 	LocalPolicy string // the site administrator's local policy file; "": allow all
 	HostsPath   string // hosts file for name integration; "": /etc/hosts
-	Version     string // for `pvcd status`
-	Logger      *slog.Logger
+	// Techniques are the traversal techniques this host may use (nil: all).
+	Techniques Techniques
+	Version    string // for `pvcd status`
+	Logger     *slog.Logger
 	// Ready, if set, is called once the daemon serves (tests, systemd).
 	Ready func(Status)
 }
@@ -138,6 +140,11 @@ func Run(ctx context.Context, cfg Config) error {
 			if o := d.overlayOrNil(); o != nil {
 				o.DeliverRelay(from, data)
 			}
+		},
+		OnSignal: func(s client.Signal) {
+			if pm := d.pm.Load(); pm != nil {
+				pm.signal(s)
+			}
 		}})
 	if err != nil {
 		td.Close()
@@ -155,7 +162,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	o, err := overlay.New(overlay.Config{Self: crt.Name, Address: crt.IP, PrivateKey: wg, ListenPort: cfg.ListenPort,
-		TUN: d.filter, Relay: relayAdapter{d.client}, Auth: probeAuth{d}, Logger: log.With("part", "overlay")})
+		TUN: d.filter, Relay: relayAdapter{d.client}, Auth: probeAuth{d}, Logger: log.With("part", "overlay"),
+		Other: func(pkt []byte, from netip.AddrPort) { d.pm.Load().input(pkt, from) },
+		OnActive: func(name string) {
+			if pm := d.pm.Load(); pm != nil {
+				pm.active(name)
+			}
+		}})
 	if err != nil {
 		td.Close()
 		return err
@@ -189,6 +202,18 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	run := func(f func()) { wgroup.Add(1); go func() { defer wgroup.Done(); f() }() }
+	// The traversal techniques.
+	tech := cfg.Techniques
+	if tech == nil {
+		tech, _ = ParseTechniques("all")
+	}
+	pm := newPathManager(d, o, tech)
+	if err := pm.start(ctx, run); err != nil {
+		dnsSrv.Close()
+		return err
+	}
+	defer pm.close()
+	d.pm.Store(pm)
 	run(func() { _ = dnsSrv.Run(ctx) })
 	run(func() { _ = ctl.Run(ctx) })
 	run(func() { _ = d.client.Run(ctx) })
@@ -197,7 +222,7 @@ func Run(ctx context.Context, cfg Config) error {
 	run(func() { d.syncLoop(ctx) })
 	run(func() { d.publishLoop(ctx, raw) })
 
-	log.Info("up", "cluster", b.Cluster, "name", crt.Name, "ip", crt.IP, "interface", cfg.Interface, "port", o.Port())
+	log.Info("up", "cluster", b.Cluster, "name", crt.Name, "ip", crt.IP, "interface", cfg.Interface, "port", o.Port(), "techniques", tech.String())
 	if cfg.Ready != nil {
 		cfg.Ready(Status{Name: crt.Name, IP: crt.IP, Port: o.Port()})
 	}

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pvc-project/pvc/broker/client"
@@ -40,6 +41,8 @@ type daemon struct {
 	filter *filter.Filter
 	dir    *dns.MemDirectory
 	hosts  hostdns.Integration
+
+	pm atomic.Pointer[pathManager] // set once the overlay runs
 
 	mu      sync.Mutex // guards ov, policyV
 	ov      *overlay.Overlay
@@ -120,6 +123,9 @@ func (d *daemon) sync(v *client.View, known map[string]bool) {
 	for name := range known {
 		if !seen[name] {
 			_ = o.RemovePeer(name)
+			if pm := d.pm.Load(); pm != nil {
+				pm.removed(name)
+			}
 			delete(known, name)
 			removed = true
 			d.log.Info("peer removed (revoked, expired or gone)", "peer", name)
@@ -213,6 +219,12 @@ func (d *daemon) endpoints(port uint16) []endpoint.Endpoint {
 			add(endpoint.Host, ip)
 		}
 	}
+	if pm := d.pm.Load(); pm != nil {
+		if ext, ok := pm.mapped(); ok && len(eps) < endpoint.Max && !seen[ext] {
+			seen[ext] = true
+			eps = append(eps, endpoint.Endpoint{Kind: endpoint.UPnP, Addr: ext})
+		}
+	}
 	// The brokers see our NAT's address; a port-preserving NAT keeps ours.
 	obs := d.client.Observed()
 	keys := make([]string, 0, len(obs))
@@ -296,6 +308,8 @@ func (d *daemon) Peers() []control.Peer {
 			LastHandshake: p.LastHandshake, BytesIn: p.RxBytes, BytesOut: p.TxBytes}
 		if !p.Active {
 			cp.Path = "none"
+		} else if pm := d.pm.Load(); pm != nil {
+			cp.Why = pm.whyNot(p.Name, p.Path)
 		}
 		out = append(out, cp)
 	}
@@ -345,4 +359,14 @@ func candidates(eps []endpoint.Endpoint) []bind.Candidate {
 		}
 	}
 	return out
+}
+
+// knownPeer reports whether name is a certified peer in the overlay.
+func (d *daemon) knownPeer(name string) bool {
+	for _, p := range d.overlayOrNil().Peers() {
+		if p.Name == name {
+			return true
+		}
+	}
+	return false
 }

@@ -247,8 +247,9 @@ func (b *Bind) SetCandidates(name string, cands []Candidate) {
 }
 
 // AddCandidate adds one address (e.g. the remote side of the pair ICE
-// selected) and probes the peer fast again. A known address takes the new
-// kind.
+// selected) and probes the peer fast again. A known address keeps its
+// kind: the peer's own address stays direct and its UPnP mapping upnp,
+// whichever technique found them.
 func (b *Bind) AddCandidate(name string, c Candidate) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -257,7 +258,6 @@ func (b *Bind) AddCandidate(name string, c Candidate) {
 	defer ep.mu.Unlock()
 	for i := range ep.candidates {
 		if ep.candidates[i].Addr == c.Addr {
-			ep.candidates[i].Kind = c.Kind
 			ep.fastLeft = fastRounds
 			return
 		}

@@ -184,8 +184,9 @@ func TestRelayThenDirectThenFallback(t *testing.T) {
 	if s := pathOf(a.bind, "b"); s.TxDirect <= before || s.Remote == "" {
 		t.Errorf("direct: status %+v, want direct bytes to grow", s)
 	}
-	// b learned a's address from a's probes (peer-reflexive) and took it.
-	waitPath(t, b.bind, "a", PathDirect, 3*time.Second)
+	// b learned a's address from a's probes (peer-reflexive) and took it:
+	// not one of a's own addresses as far as b knows, so "punched".
+	waitPath(t, b.bind, "a", PathPunched, 3*time.Second)
 
 	// b stops answering a's probes: a's direct path expires, traffic goes
 	// back to the relay and still arrives.

@@ -280,9 +280,9 @@ func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, std conn.Endpoint) {
 			known = known || c.Addr == from
 		}
 		if !known && len(ep.candidates) < maxCandidates {
-			// Peer-reflexive: the address its NAT gave it toward us; it
-			// reached us from there, so the path needs no technique.
-			ep.candidates = append(ep.candidates, Candidate{Addr: from, Kind: PathDirect})
+			// Peer-reflexive: not one of its own addresses, so the
+			// address its NAT (or a punched firewall) gave it toward us.
+			ep.candidates = append(ep.candidates, Candidate{Addr: from, Kind: PathPunched})
 		}
 		ep.mu.Unlock()
 		b.sendProbe(p.from, from, true, p.nonce)
