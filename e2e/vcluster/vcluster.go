@@ -27,6 +27,8 @@ type Cluster struct {
 	Dir     string   // master key, bundle, state dirs, hosts files
 	Brokers []string // HOST:PORT=KEY of the running brokers
 	Nodes   map[string]*Node
+	// InitFlags are more flags for `pvcd cluster init` (e.g. --subnet).
+	InitFlags []string
 }
 
 // Node is a pvcd running in a lab host.
@@ -89,6 +91,7 @@ func (c *Cluster) Init() error {
 	for _, b := range c.Brokers {
 		args = append(args, "--broker", b)
 	}
+	args = append(args, c.InitFlags...)
 	_, err := c.Pvcd(args...)
 	return err
 }
