@@ -8,7 +8,7 @@ set -euo pipefail
 PACKAGES=(
   iproute2 iptables nftables tcpdump conntrack procps psmisc
   miniupnpd miniupnpc stun-server
-  netpipe-tcp iperf3 iputils-ping dnsutils
+  netpipe-tcp iperf3 iputils-ping dnsutils wireguard-tools
   slurmctld slurmd slurm-client munge ncbi-blast+
   ca-certificates git make gcc
 )
