@@ -142,7 +142,7 @@ func (s SYN) Packet(src, dst netip.AddrPort, ttl uint8) []byte {
 }
 
 // buildTCP builds an IPv4 TCP segment without payload. Options are padded
-// with NOPs... at the end with End-of-options to a multiple of 4 bytes.
+// at the end with End-of-options bytes to a multiple of 4 bytes.
 func buildTCP(src, dst netip.AddrPort, seq, ack uint32, flags byte, window uint16, opts []byte, ttl uint8) []byte {
 	for len(opts)%4 != 0 {
 		opts = append(opts, optEnd)
