@@ -31,6 +31,11 @@ type Options struct {
 	Cluster string        // "": "lab"
 	Limits  server.Limits // for every replica
 	NoLinks bool          // do not link the replicas
+	// ShareVerifyCache makes the lab's clients share one
+	// client.VerifyCache, so that each distinct object is verified once in
+	// the process rather than once per client (benchmarks with many
+	// simulated peers).
+	ShareVerifyCache bool
 	// Hook, if set, gives a replica a hook on its outgoing messages (a
 	// malicious broker test double); nil hooks are fine.
 	Hook func(i int) func(proto.Message) proto.Message
@@ -60,6 +65,7 @@ type Lab struct {
 	Bundle    *bundle.Bundle
 	Brokers   []*Broker
 	opts      Options
+	cache     *client.VerifyCache // shared by the clients, or nil
 }
 
 // Peer is an enrolled host: its certificate and private keys.
@@ -81,6 +87,9 @@ func Start(t testing.TB, o Options) *Lab {
 		o.Cluster = "lab"
 	}
 	l := &Lab{T: t, Dir: t.TempDir(), Cluster: o.Cluster, opts: o}
+	if o.ShareVerifyCache {
+		l.cache = client.NewVerifyCache(0)
+	}
 	var bs []bundle.Broker
 	for range o.Brokers {
 		b := &Broker{StateDir: t.TempDir(), Log: &Buffer{}}
@@ -227,7 +236,7 @@ func (l *Lab) Peer(name string, groups ...string) *Peer {
 // Client starts a broker client for p (mod may adjust its configuration)
 // and stops it at the end of the test.
 func (l *Lab) Client(p *Peer, mod func(*client.Config)) *client.Client {
-	cfg := client.Config{Bundle: l.Bundle, Cert: p.Cert.Encode(), Key: p.Key, Retry: 50 * time.Millisecond}
+	cfg := client.Config{Bundle: l.Bundle, Cert: p.Cert.Encode(), Key: p.Key, Retry: 50 * time.Millisecond, VerifyCache: l.cache}
 	if mod != nil {
 		mod(&cfg)
 	}

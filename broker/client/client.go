@@ -61,7 +61,17 @@ type Config struct {
 	IdleTimeout time.Duration    // a silent session is closed; 0: 45 s
 	Retry       time.Duration    // first redial delay; 0: 200 ms, doubling to 5 s
 	QueueFrames int              // outbound queue per session; 0: 1,024
+	// Dial opens the connections to the brokers: TCP for sessions, UDP
+	// (a *net.UDPConn) for the UDP relay. Nil: a net.Dialer.
+	Dial Dialer
+	// VerifyCache remembers verified signatures so that the same bytes
+	// are not verified twice; clients in one process may share one. Nil:
+	// a cache of this client's own.
+	VerifyCache *VerifyCache
 }
+
+// Dialer opens a connection, as net.Dialer.DialContext does.
+type Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // Signal is a verified signalling message from another peer.
 type Signal struct {
@@ -124,6 +134,9 @@ func New(cfg Config) (*Client, error) {
 	if cfg.QueueFrames <= 0 {
 		cfg.QueueFrames = 1024
 	}
+	if cfg.VerifyCache == nil {
+		cfg.VerifyCache = NewVerifyCache(0)
+	}
 	follow := cfg.Brokers == nil
 	if follow {
 		cfg.Brokers = cfg.Bundle.Brokers
@@ -134,6 +147,7 @@ func New(cfg Config) (*Client, error) {
 	c := &Client{cfg: cfg, log: cfg.Logger, cluster: cfg.Bundle.Cluster, view: NewView(cfg.Bundle, cfg.Now),
 		sessions: map[string]*session{}, changed: make(chan struct{}), seen: map[[proto.IDSize]byte]time.Time{},
 		brokers: cfg.Brokers, follow: follow}
+	c.view.cache = cfg.VerifyCache
 	switch cfg.Role {
 	case proto.RolePeer:
 		// Only decoded: a broker says clearly why it refuses a certificate
@@ -168,7 +182,7 @@ func New(cfg Config) (*Client, error) {
 // pinned key is proto.ErrWrongBrokerKey, a refusal ErrRefused with the
 // broker's reason).
 func (c *Client) Probe(ctx context.Context, b bundle.Broker) error {
-	s, err := dial(ctx, b, c.cfg.Role, c.cluster, c.cfg.Cert, c.cfg.Key, 1)
+	s, err := dial(ctx, c.cfg.Dial, b, c.cfg.Role, c.cluster, c.cfg.Cert, c.cfg.Key, 1)
 	if err != nil {
 		return err
 	}
@@ -265,7 +279,7 @@ func (c *Client) brokerLoop(ctx context.Context, b bundle.Broker) {
 }
 
 func (c *Client) runSession(ctx context.Context, b bundle.Broker) error {
-	ss, err := dial(ctx, b, c.cfg.Role, c.cluster, c.cfg.Cert, c.cfg.Key, c.cfg.QueueFrames)
+	ss, err := dial(ctx, c.cfg.Dial, b, c.cfg.Role, c.cluster, c.cfg.Cert, c.cfg.Key, c.cfg.QueueFrames)
 	if err != nil {
 		return err
 	}
@@ -453,12 +467,25 @@ func (c *Client) Signal(ctx context.Context, to string, kind uint8, payload []by
 // startUDP opens the UDP relay socket of a session and its reader and
 // keepalive goroutines, owned by wg.
 func (c *Client) startUDP(ss *session, b bundle.Broker, wg *sync.WaitGroup) error {
-	ap, err := net.ResolveUDPAddr("udp", b.Addr)
-	if err != nil {
-		return err
-	}
-	if ss.udp, err = net.DialUDP("udp", nil, ap); err != nil {
-		return err
+	if c.cfg.Dial != nil {
+		conn, err := c.cfg.Dial(context.Background(), "udp", b.Addr)
+		if err != nil {
+			return err
+		}
+		u, ok := conn.(*net.UDPConn)
+		if !ok {
+			conn.Close()
+			return fmt.Errorf("Config.Dial gave a %T for udp, want *net.UDPConn", conn)
+		}
+		ss.udp = u
+	} else {
+		ap, err := net.ResolveUDPAddr("udp", b.Addr)
+		if err != nil {
+			return err
+		}
+		if ss.udp, err = net.DialUDP("udp", nil, ap); err != nil {
+			return err
+		}
 	}
 	wg.Add(2)
 	go func() { defer wg.Done(); ss.readUDP(c.deliverRelay) }()
@@ -530,10 +557,11 @@ func (c *Client) Relay(to string, data []byte) error {
 func (c *Client) handle(s *session, m proto.Message) error {
 	switch m := m.(type) {
 	case *proto.Objects:
-		for _, o := range m.Objects {
-			if _, err := c.view.Add(o); err != nil {
-				c.log.Warn("broker object refused", "broker", s.addr, "err", err)
-			}
+		// One frame, one change of the view (a snapshot or a batch of
+		// pushes): waiters wake once.
+		_, errs := c.view.AddAll(m.Objects)
+		for _, err := range errs {
+			c.log.Warn("broker object refused", "broker", s.addr, "err", err)
 		}
 	case *proto.Signal:
 		if err := c.acceptSignal(m); err != nil {
@@ -605,7 +633,7 @@ func (c *Client) acceptSignal(m *proto.Signal) error {
 // becomes ErrRefused. It exists for tests of what a broker does with
 // malformed or forged messages.
 func SendRaw(ctx context.Context, c *Client, b bundle.Broker, m proto.Message) error {
-	s, err := dial(ctx, b, c.cfg.Role, c.cluster, c.cfg.Cert, c.cfg.Key, 1)
+	s, err := dial(ctx, c.cfg.Dial, b, c.cfg.Role, c.cluster, c.cfg.Cert, c.cfg.Key, 1)
 	if err != nil {
 		return err
 	}

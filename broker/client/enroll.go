@@ -35,7 +35,7 @@ func Enroll(ctx context.Context, b *bundle.Bundle, request []byte, now func() ti
 }
 
 func enrollVia(ctx context.Context, b *bundle.Bundle, br bundle.Broker, request []byte, now func() time.Time) (*cert.Cert, error) {
-	s, err := dial(ctx, br, proto.RoleEnrollee, b.Cluster, nil, nil, 4)
+	s, err := dial(ctx, nil, br, proto.RoleEnrollee, b.Cluster, nil, nil, 4)
 	if err != nil {
 		return nil, err
 	}

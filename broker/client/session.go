@@ -39,14 +39,17 @@ const handshakeTimeout = 10 * time.Second
 // dial opens a session: TCP, TLS with the broker's pinned key, Hello,
 // Challenge, Auth signed with key, Welcome. cred is the peer's certificate
 // (a master sends its public key, an enrollee nothing).
-func dial(ctx context.Context, b bundle.Broker, role proto.Role, cluster string, cred []byte, key ed25519.PrivateKey, queue int) (*session, error) {
+func dial(ctx context.Context, dialer Dialer, b bundle.Broker, role proto.Role, cluster string, cred []byte, key ed25519.PrivateKey, queue int) (*session, error) {
 	if b.Key == nil {
 		return nil, fmt.Errorf("broker %s: no pinned key in the cluster bundle", b.Addr)
 	}
 	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
 	defer cancel()
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", b.Addr)
+	if dialer == nil {
+		var d net.Dialer
+		dialer = d.DialContext
+	}
+	raw, err := dialer(ctx, "tcp", b.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("broker %s: %w", b.Addr, err)
 	}
@@ -217,14 +220,31 @@ func (s *session) run(ctx context.Context, keepalive, idle time.Duration, handle
 	}
 }
 
+// writer writes queued frames, coalescing those already waiting into one
+// write of up to 64 KiB (one TLS record and system call for a burst of
+// relayed datagrams instead of one each).
 func (s *session) writer() {
 	defer s.close()
+	var buf []byte
 	for {
 		select {
 		case f := <-s.out:
+			buf = append(buf[:0], f...)
+		more:
+			for len(buf) < 64<<10 {
+				select {
+				case g := <-s.out:
+					buf = append(buf, g...)
+				default:
+					break more
+				}
+			}
 			s.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			if _, err := s.conn.Write(f); err != nil {
+			if _, err := s.conn.Write(buf); err != nil {
 				return
+			}
+			if cap(buf) > 256<<10 {
+				buf = nil
 			}
 		case <-s.done:
 			return

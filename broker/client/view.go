@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -25,7 +26,8 @@ import (
 // given before it enters the view; a broker cannot make it hold a wrong key.
 // It is safe for concurrent use.
 type View struct {
-	now func() time.Time
+	now   func() time.Time
+	cache *VerifyCache // or nil
 
 	mu        sync.Mutex
 	ts        *trust.Store
@@ -86,6 +88,10 @@ func (v *View) Peers() []*cert.Cert {
 	return out
 }
 
+// Len returns the number of certificates in the view (cheaper than
+// len(Peers()) in a Wait condition).
+func (v *View) Len() int { v.mu.Lock(); defer v.mu.Unlock(); return len(v.certs) }
+
 // Rejected returns how many objects failed verification (a broker sent
 // something it should not have).
 func (v *View) Rejected() int { v.mu.Lock(); defer v.mu.Unlock(); return v.rejected }
@@ -117,33 +123,59 @@ func (v *View) notifyLocked() {
 // It reports whether the view changed. A rolled-back revocation list or
 // policy, or an older version, is not an error: it changes nothing.
 func (v *View) Add(raw []byte) (bool, error) {
-	changed, err := v.add(raw)
-	if err != nil {
-		v.mu.Lock()
-		v.rejected++
-		v.notifyLocked() // Wait callers may watch Rejected
-		v.mu.Unlock()
+	n, errs := v.AddAll([][]byte{raw})
+	if len(errs) > 0 {
+		return n > 0, errs[0]
 	}
-	return changed, err
+	return n > 0, nil
 }
 
-func (v *View) add(raw []byte) (bool, error) {
+// AddAll verifies and merges objects in order, as Add does, and notifies
+// waiters once. It returns how many changed the view and the errors of
+// those refused (each counted in Rejected).
+func (v *View) AddAll(raws [][]byte) (int, []error) {
+	now := v.now()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	changed := 0
+	var errs []error
+	for _, raw := range raws {
+		ok, err := v.addLocked(raw, now)
+		if err != nil {
+			v.rejected++
+			errs = append(errs, err)
+		} else if ok {
+			changed++
+		}
+	}
+	if changed > 0 || len(errs) > 0 { // Wait callers may watch Rejected
+		v.notifyLocked()
+	}
+	return changed, errs
+}
+
+// addLocked verifies and merges one object. An object identical, byte for
+// byte, to the one held changes nothing and is not verified again (it was
+// when it entered the view, and what depends on the moment — validity,
+// revocation — is enforced by whoever uses the view, as before).
+func (v *View) addLocked(raw []byte, now time.Time) (bool, error) {
 	o, err := signed.Decode(raw)
 	if err != nil {
 		return false, err
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
 	if o.Cluster != v.ts.Bundle().Cluster {
 		return false, fmt.Errorf("%s %q: %w", o.Kind, o.Cluster, ErrOtherCluster)
 	}
 	switch o.Kind {
 	case signed.KindBundle:
+		cur := v.ts.Bundle()
+		if bytes.Equal(cur.Encode(), raw) {
+			return false, nil
+		}
 		b, err := bundle.Decode(raw)
 		if err != nil {
 			return false, err
 		}
-		cur := v.ts.Bundle()
 		if err := b.Verify(cur.MasterKey); err != nil {
 			return false, err
 		}
@@ -159,6 +191,9 @@ func (v *View) add(raw []byte) (bool, error) {
 		}
 		v.ts = ts
 	case signed.KindRevocation:
+		if l := v.ts.Revocation(); l != nil && bytes.Equal(l.Encode(), raw) {
+			return false, nil
+		}
 		l, err := v.ts.SetRevocation(raw)
 		if errors.Is(err, revoke.ErrRollback) {
 			return false, nil
@@ -171,13 +206,19 @@ func (v *View) add(raw []byte) (bool, error) {
 			}
 		}
 	case signed.KindPolicy:
+		if p := v.ts.Policy(); p != nil && bytes.Equal(p.Encode(), raw) {
+			return false, nil
+		}
 		if _, err := v.ts.SetPolicy(raw); errors.Is(err, policy.ErrRollback) {
 			return false, nil
 		} else if err != nil {
 			return false, err
 		}
 	case signed.KindCert:
-		c, err := v.ts.VerifyCert(raw, v.now())
+		if cur := v.certs[o.Subject]; cur != nil && bytes.Equal(cur.Encode(), raw) {
+			return false, nil
+		}
+		c, err := v.verifyCertLocked(raw, now)
 		if err != nil {
 			return false, err
 		}
@@ -193,16 +234,22 @@ func (v *View) add(raw []byte) (bool, error) {
 		v.certs[c.Name] = c
 		v.byIP[c.IP] = c.Name
 	case signed.KindEndpoints:
-		r, err := endpoint.FromObject(o)
-		if err != nil {
-			return false, err
+		if cur := v.endpoints[o.Subject]; cur != nil && bytes.Equal(cur.Encode(), raw) {
+			return false, nil
 		}
-		c := v.certs[r.Name]
+		c := v.certs[o.Subject]
 		if c == nil {
-			return false, fmt.Errorf("endpoints of %q: no certificate in view", r.Name)
+			return false, fmt.Errorf("endpoints of %q: no certificate in view", o.Subject)
 		}
-		if err := r.Verify(c.SignKey); err != nil {
-			return false, err
+		r, key := v.cache.endpoints(c.SignKey, raw)
+		if r == nil {
+			if r, err = endpoint.FromObject(o); err != nil {
+				return false, err
+			}
+			if err := r.Verify(c.SignKey); err != nil {
+				return false, err
+			}
+			v.cache.put(key, r)
 		}
 		if cur := v.endpoints[r.Name]; cur != nil && cur.Version >= r.Version {
 			return false, nil
@@ -211,8 +258,30 @@ func (v *View) add(raw []byte) (bool, error) {
 	default:
 		return false, fmt.Errorf("unexpected %s from a broker", o.Kind)
 	}
-	v.notifyLocked()
 	return true, nil
+}
+
+// verifyCertLocked verifies a certificate against the trust in force: in
+// full, or, for bytes whose master signature the cache holds as verified,
+// everything but that signature (cluster, validity at now, revocation,
+// subnet); a cached certificate that fails these is verified in full for
+// the error.
+func (v *View) verifyCertLocked(raw []byte, now time.Time) (*cert.Cert, error) {
+	b := v.ts.Bundle()
+	c, key := v.cache.cert(b.MasterKey, raw)
+	if c != nil {
+		rev := v.ts.Revocation()
+		if c.Cluster == b.Cluster && !now.Before(c.NotBefore) && now.Before(c.NotAfter) &&
+			(rev == nil || !rev.Revoked(c.Serial)) && b.Subnet.Contains(c.IP) {
+			return c, nil
+		}
+	}
+	c, err := v.ts.VerifyCert(raw, now)
+	if err != nil {
+		return nil, err
+	}
+	v.cache.put(key, c)
+	return c, nil
 }
 
 func (v *View) dropLocked(name string) {

@@ -64,9 +64,7 @@ func (s *Server) handle(ss *session, m proto.Message) error {
 			return errRole(ss, m)
 		}
 		s.mu.Lock()
-		for _, b := range batches(snapshotLocked(ss.cl)) {
-			ss.send(b, mustSend)
-		}
+		ss.push(snapshotLocked(ss.cl)...)
 		ss.cl.subs[ss.id] = ss
 		s.mu.Unlock()
 	case *proto.Signal:

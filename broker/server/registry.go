@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"cmp"
 	"crypto/ed25519"
 	"errors"
@@ -166,6 +167,18 @@ func (s *Server) accept(raw []byte, from *session) (uint64, bool, error) {
 	if cl == nil {
 		return 0, false, fmt.Errorf("%s of cluster %q: %w", o.Kind, o.Cluster, ErrUnknownCluster)
 	}
+	if o.Kind == signed.KindEndpoints && from != nil && from.role == proto.RolePeer && o.Subject != from.name {
+		return 0, false, ErrNotYours
+	}
+	k := objKey{o.Kind, o.Subject}
+	s.mu.Lock()
+	cur := cl.objs[k]
+	s.mu.Unlock()
+	if cur != nil && bytes.Equal(cur.raw, raw) {
+		// Held already, byte for byte (a peer's reconnection, a replica's
+		// or a master's repeat): it was verified when it was stored.
+		return cur.version, false, nil
+	}
 	e := &entry{raw: raw, version: o.Version}
 	var revoked *revoke.List
 	switch o.Kind {
@@ -181,13 +194,21 @@ func (s *Server) accept(raw []byte, from *session) (uint64, bool, error) {
 		}
 	case signed.KindCert:
 		var c *cert.Cert
-		if c, err = cl.trust().VerifyCert(raw, s.cfg.Now()); err == nil {
+		if from != nil && from.cert != nil && from.certTS == cl.trust() && bytes.Equal(from.cert.Encode(), raw) {
+			// The session's own certificate, verified moments ago in its
+			// Auth against this trust store; only a revocation since then
+			// could change the answer.
+			c = from.cert
+			if rl := cl.trust().Revocation(); rl != nil && rl.Revoked(c.Serial) {
+				err = fmt.Errorf("certificate %q: %w", c.Name, cert.ErrRevoked)
+			}
+		} else {
+			c, err = cl.trust().VerifyCert(raw, s.cfg.Now())
+		}
+		if err == nil {
 			e.ip, e.signKey = c.IP, c.SignKey
 		}
 	case signed.KindEndpoints:
-		if from != nil && from.role == proto.RolePeer && o.Subject != from.name {
-			return 0, false, ErrNotYours
-		}
 		var rec *endpoint.Record
 		if rec, err = endpoint.FromObject(o); err == nil {
 			s.mu.Lock()
@@ -207,7 +228,6 @@ func (s *Server) accept(raw []byte, from *session) (uint64, bool, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	k := objKey{o.Kind, o.Subject}
 	if cur := cl.objs[k]; cur != nil && cur.version >= o.Version {
 		return cur.version, false, nil
 	}
@@ -254,7 +274,7 @@ func (s *Server) applyRevocationLocked(cl *cluster, l *revoke.List) {
 // replica links other than the one it came from.
 func (s *Server) notifyLocked(cl *cluster, raw []byte, from *session) {
 	for _, ss := range cl.subs {
-		ss.send(&proto.Objects{Objects: [][]byte{raw}}, mustSend)
+		ss.push(raw) // batched with other pushes by the session's writer
 	}
 	for _, r := range s.replicas {
 		if r != from {
@@ -294,19 +314,26 @@ func kindRank(k signed.Kind) int {
 	return 4
 }
 
+// objBatch is one Objects frame's worth of objects and the queue bytes
+// they were counted as.
+type objBatch struct {
+	*proto.Objects
+	size int
+}
+
 // batches splits objects into Objects frames of at most ~256 KiB.
-func batches(objs [][]byte) []*proto.Objects {
-	var out []*proto.Objects
-	cur, size := &proto.Objects{}, 0
+func batches(objs [][]byte) []objBatch {
+	var out []objBatch
+	cur := objBatch{Objects: &proto.Objects{}}
 	for _, o := range objs {
-		if len(cur.Objects) > 0 && (size+len(o) > 256<<10 || len(cur.Objects) >= proto.MaxObjects) {
+		if len(cur.Objects.Objects) > 0 && (cur.size+len(o) > 256<<10 || len(cur.Objects.Objects) >= proto.MaxObjects) {
 			out = append(out, cur)
-			cur, size = &proto.Objects{}, 0
+			cur = objBatch{Objects: &proto.Objects{}}
 		}
-		cur.Objects = append(cur.Objects, o)
-		size += len(o) + 4
+		cur.Objects.Objects = append(cur.Objects.Objects, o)
+		cur.size += len(o) + 4
 	}
-	if len(cur.Objects) > 0 {
+	if len(cur.Objects.Objects) > 0 {
 		out = append(out, cur)
 	}
 	return out

@@ -19,6 +19,7 @@ import (
 	"github.com/pvc-project/pvc/security/bundle"
 	"github.com/pvc-project/pvc/security/cert"
 	"github.com/pvc-project/pvc/security/keys"
+	"github.com/pvc-project/pvc/security/trust"
 )
 
 // session is one authenticated connection: a peer, enrollee, master or
@@ -34,21 +35,30 @@ type session struct {
 	cl     *cluster                       // nil for a replica link
 	name   string                         // peer name; replica: its key
 	serial uint64                         // peer: its certificate's serial
+	cert   *cert.Cert                     // peer: its certificate, verified in Auth
+	certTS *trust.Store                   // peer: the trust store it was verified against
 	relay  *bucket                        // peer: relay byte budget
 	token  [proto.IDSize]byte             // peer: its UDP relay token
 	udp    atomic.Pointer[netip.AddrPort] // peer: where its UDP relay datagrams come from, or nil
 
-	out    chan []byte // frames; nil asks the writer to close after the frames before it
-	qbytes atomic.Int64
-	done   chan struct{}
-	once   sync.Once
+	// The outbound queue, drained by the writer. It is a slice that grows
+	// on demand (an idle session holds no queue memory), bounded by
+	// Limits.QueueFrames and QueueBytes.
+	qmu     sync.Mutex
+	frames  [][]byte // encoded frames, in order
+	objs    [][]byte // objects to push (subscription), sent in batches before the frames
+	qbytes  int      // bytes in frames and objs, and in the batch being written
+	closing bool     // close once the queued frames are written
+	wake    chan struct{}
+	done    chan struct{}
+	once    sync.Once
 
 	enrolled bool // enrollee: its request was sent (reader goroutine only)
 }
 
 func (s *Server) newSession(c net.Conn, remote netip.AddrPort, role proto.Role) *session {
 	return &session{srv: s, id: newID(), conn: c, remote: remote, role: role,
-		out: make(chan []byte, s.cfg.Limits.QueueFrames), done: make(chan struct{})}
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // close ends the session at once. It never takes srv.mu.
@@ -78,17 +88,40 @@ func (ss *session) send(m proto.Message, mode sendMode) bool {
 		ss.srv.log.Error("frame to send", "type", m.Type(), "err", err)
 		return false
 	}
+	return ss.enqueue(f, nil, mode)
+}
+
+// push queues signed objects for the session's subscription, without
+// blocking; the writer sends queued objects in Objects frames of up to
+// ~256 KiB, before any frame queued after them. A full queue closes the
+// session (it must resubscribe). It may be called with srv.mu held.
+func (ss *session) push(objs ...[]byte) bool {
+	return ss.enqueue(nil, objs, mustSend)
+}
+
+// enqueue adds a frame or objects to the queue.
+func (ss *session) enqueue(f []byte, objs [][]byte, mode sendMode) bool {
 	lim := ss.srv.cfg.Limits
-	if ss.qbytes.Load()+int64(len(f)) <= int64(lim.QueueBytes) {
-		select {
-		case ss.out <- f:
-			ss.qbytes.Add(int64(len(f)))
-			return true
-		case <-ss.done:
-			return false
-		default:
-		}
+	n := len(f)
+	for _, o := range objs {
+		n += len(o) + 4
 	}
+	ss.qmu.Lock()
+	if ss.closing {
+		ss.qmu.Unlock()
+		return false
+	}
+	if ss.qbytes+n <= lim.QueueBytes && (f == nil || len(ss.frames) < lim.QueueFrames) {
+		if f != nil {
+			ss.frames = append(ss.frames, f)
+		}
+		ss.objs = append(ss.objs, objs...)
+		ss.qbytes += n
+		ss.qmu.Unlock()
+		ss.poke()
+		return true
+	}
+	ss.qmu.Unlock()
 	if mode == dropIfFull {
 		ss.srv.metrics.queueDrops.Add(1)
 		return false
@@ -99,54 +132,101 @@ func (ss *session) send(m proto.Message, mode sendMode) bool {
 	return false
 }
 
+func (ss *session) poke() {
+	select {
+	case ss.wake <- struct{}{}:
+	default:
+	}
+}
+
 // closeAfter queues m and then closes the session once it is written.
 func (ss *session) closeAfter(m proto.Message) {
 	if !ss.send(m, dropIfFull) {
 		ss.close()
 		return
 	}
-	select {
-	case ss.out <- nil:
-	default:
-		ss.close()
-	}
+	ss.qmu.Lock()
+	ss.closing = true
+	ss.qmu.Unlock()
+	ss.poke()
 }
 
+// writer drains the queue: pending objects first (batched into Objects
+// frames), then frames, coalesced into writes of up to 256 KiB.
 func (ss *session) writer() {
 	defer ss.close()
 	var buf []byte
+	var objs, frames [][]byte // reused between batches
 	for {
-		var f []byte
 		select {
-		case f = <-ss.out:
+		case <-ss.wake:
 		case <-ss.done:
 			return
 		}
-		if f == nil {
-			return
-		}
-		buf = append(buf[:0], f...)
-	more:
-		for len(buf) < 256<<10 {
-			select {
-			case g := <-ss.out:
-				if g == nil {
-					ss.write(buf)
+		for {
+			ss.qmu.Lock()
+			objs, ss.objs = ss.objs, objs[:0]
+			frames, ss.frames = ss.frames, frames[:0]
+			closing := ss.closing
+			ss.qmu.Unlock()
+			if len(objs) == 0 && len(frames) == 0 {
+				if closing {
 					return
 				}
-				buf = append(buf, g...)
-			default:
-				break more
+				break
+			}
+			queued := 0
+			buf = buf[:0]
+			flush := func() bool {
+				if len(buf) == 0 {
+					return true
+				}
+				ok := ss.write(buf)
+				buf = buf[:0]
+				return ok
+			}
+			for _, b := range batches(objs) {
+				queued += b.size
+				var m proto.Message = b.Objects
+				if h := ss.srv.cfg.Hook; h != nil && ss.role != proto.RoleReplica {
+					if m = h(m); m == nil {
+						continue
+					}
+				}
+				buf = proto.AppendFrame(buf, m)
+				if len(buf) >= 256<<10 && !flush() {
+					return
+				}
+			}
+			for _, f := range frames {
+				queued += len(f)
+				buf = append(buf, f...)
+				if len(buf) >= 256<<10 && !flush() {
+					return
+				}
+			}
+			if !flush() {
+				return
+			}
+			ss.qmu.Lock()
+			ss.qbytes -= queued
+			ss.qmu.Unlock()
+			clear(objs) // drop the references to registry bytes
+			clear(frames)
+			if cap(objs) > 1024 {
+				objs = nil // a snapshot's worth: let it go
+			}
+			if cap(frames) > 1024 {
+				frames = nil
 			}
 		}
-		if !ss.write(buf) {
-			return
+		if cap(buf) > 64<<10 {
+			buf = nil // an idle session holds no write buffer
 		}
 	}
 }
 
 func (ss *session) write(b []byte) bool {
-	ss.qbytes.Add(-int64(len(b)))
 	ss.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	_, err := ss.conn.Write(b)
 	return err == nil
@@ -346,10 +426,12 @@ func (s *Server) authenticate(ss *session, h *proto.Hello, a *proto.Auth, msg []
 	ss.cl = cl
 	switch h.Role {
 	case proto.RolePeer:
-		c, err := cl.trust().VerifyCert(a.Credential, s.cfg.Now())
+		ts := cl.trust()
+		c, err := ts.VerifyCert(a.Credential, s.cfg.Now())
 		if err != nil {
 			return &refusal{reason: certReason(err), err: err}
 		}
+		ss.cert, ss.certTS = c, ts
 		if !ed25519.Verify(c.SignKey, msg, a.Sig) {
 			return refuse("bad-signature", "bad auth signature for %q", c.Name)
 		}
