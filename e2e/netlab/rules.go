@@ -128,6 +128,11 @@ func hostRules(kind Kind, blockUDP bool, shape Shape) string {
 		}
 		if kind == HostFW {
 			r.add("filter", "-A INPUT -i lo -j ACCEPT")
+			// The overlay's interface, as the host's administrator allows
+			// it when installing pvcd (as ufw users do for tailscale0):
+			// what comes in there is decided by PVC's own policy filter.
+			// The underlay (eth0) stays closed to new inbound flows.
+			r.add("filter", "-A INPUT -i pvc0 -j ACCEPT")
 			r.add("filter", "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT")
 		}
 	}

@@ -1,0 +1,26 @@
+// Package traversal tests PVC's NAT and firewall traversal end to end with
+// the real binaries in the network lab: every ordered pair of site kinds,
+// and each technique on its own.
+package traversal
+
+import (
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/pvc-project/pvc/e2e/vcluster"
+)
+
+var bin string // directory of the freshly built binaries
+
+func TestMain(m *testing.M) {
+	dir, err := vcluster.BuildBinaries()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
