@@ -48,7 +48,7 @@ func row(paths ...string) map[netlab.Kind]string {
 type pair struct {
 	from, to     *vcluster.Node
 	kFrom, kTo   netlab.Kind
-	first, again error  // the transfers before and after the paths settled
+	first, again error   // the transfers before and after the paths settled
 	mbit         float64 // of the second transfer
 	path, why    string
 }
