@@ -243,7 +243,14 @@ func (b *Bind) SetCandidates(name string, cands []Candidate) {
 	}
 	ep.candidates = next
 	ep.fastLeft = fastRounds
+	addrs := make([]netip.AddrPort, len(next))
+	for i, c := range next {
+		addrs[i] = c.Addr
+	}
 	ep.mu.Unlock()
+	if ep.direct.Load() == nil {
+		go b.probeNow(ep, addrs)
+	}
 }
 
 // AddCandidate adds one address (e.g. the remote side of the pair ICE
@@ -259,6 +266,7 @@ func (b *Bind) AddCandidate(name string, c Candidate) {
 	for i := range ep.candidates {
 		if ep.candidates[i].Addr == c.Addr {
 			ep.fastLeft = fastRounds
+			go b.probeNow(ep, []netip.AddrPort{c.Addr})
 			return
 		}
 	}
@@ -267,6 +275,7 @@ func (b *Bind) AddCandidate(name string, c Candidate) {
 	}
 	ep.candidates = append(ep.candidates, c)
 	ep.fastLeft = fastRounds
+	go b.probeNow(ep, []netip.AddrPort{c.Addr})
 }
 
 func hasCandidate(cs []Candidate, a netip.AddrPort) bool {

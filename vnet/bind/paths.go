@@ -22,10 +22,14 @@ type Endpoint struct {
 
 	stream atomic.Pointer[stream] // an authenticated TCP path; used when there is no direct UDP path
 
-	mu         sync.Mutex // guards candidates, lastPing, fastLeft
+	mu         sync.Mutex // guards candidates, lastPing, fastLeft and the watch fields
 	candidates []Candidate
 	lastPing   time.Time
 	fastLeft   int // fast probe rounds left before backing off
+	// Watching a direct path that carries traffic: the counters at the
+	// last tick, and since when we send but hear nothing.
+	seenTx, seenRx uint64
+	silentSince    time.Time
 
 	txDirect, txRelay, rxDirect, rxRelay atomic.Uint64
 	txStream, rxStream                   atomic.Uint64
@@ -192,7 +196,14 @@ func (b *Bind) probeRound() {
 	b.mu.Unlock()
 	for _, e := range eps {
 		d := e.direct.Load()
-		if d != nil && now.Sub(d.lastPong) > 3*b.cfg.ProbeInterval {
+		e.mu.Lock()
+		silent := e.watch(d, now)
+		e.mu.Unlock()
+		// Dead: no pong for three intervals; or, while we send on it,
+		// nothing at all heard for a second and no pong since then
+		// (a flushed NAT mapping, a restarted firewall).
+		if d != nil && (now.Sub(d.lastPong) > 3*b.cfg.ProbeInterval ||
+			(silent > time.Second && now.Sub(d.lastPong) > time.Second)) {
 			if e.direct.CompareAndSwap(d, nil) {
 				e.changes.Add(1)
 			}
@@ -211,8 +222,8 @@ func (b *Bind) probeRound() {
 			all()
 		case d == nil && now.Sub(e.lastPing) >= b.cfg.ProbeInterval:
 			all() // backed off: nothing answered
-		case d != nil && now.Sub(e.lastPing) >= b.cfg.ProbeInterval:
-			targets = append(targets, d.addr)
+		case d != nil && (now.Sub(e.lastPing) >= b.cfg.ProbeInterval || silent > b.cfg.ProbeInterval/5):
+			targets = append(targets, d.addr) // every tick while it is silent
 		}
 		if len(targets) > 0 {
 			e.lastPing = now
@@ -322,4 +333,40 @@ func (e *Endpoint) kindOf(addr netip.AddrPort) PathKind {
 		}
 	}
 	return PathDirect
+}
+
+// watch returns for how long the direct path d has carried our datagrams
+// while nothing came back on it (0: it is fine or idle). Called each tick
+// with e.mu held.
+func (e *Endpoint) watch(d *path, now time.Time) time.Duration {
+	tx, rx := e.txDirect.Load(), e.rxDirect.Load()
+	sending, hearing := tx != e.seenTx, rx != e.seenRx
+	e.seenTx, e.seenRx = tx, rx
+	switch {
+	case d == nil || hearing:
+		e.silentSince = time.Time{}
+	case sending && e.silentSince.IsZero():
+		e.silentSince = now
+	}
+	if e.silentSince.IsZero() {
+		return 0
+	}
+	return now.Sub(e.silentSince)
+}
+
+// probeNow sends a ping to each candidate of the peer at once (new
+// candidates need not wait for the next tick).
+func (b *Bind) probeNow(e *Endpoint, addrs []netip.AddrPort) {
+	b.mu.Lock()
+	open := b.opened
+	b.mu.Unlock()
+	if !open {
+		return
+	}
+	e.mu.Lock()
+	e.lastPing = b.cfg.Now()
+	e.mu.Unlock()
+	for _, a := range addrs {
+		b.sendProbe(e.name, a, false, 0)
+	}
 }
