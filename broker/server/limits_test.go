@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -174,5 +175,94 @@ func TestSlowPeer(t *testing.T) {
 	resp.Body.Close()
 	if strings.Contains(string(body), `pvc_broker_relay_drops_total{reason="drop"} 0`) {
 		t.Errorf("no relay drops counted:\n%s", body)
+	}
+}
+
+// TestRelayFairShare: relay rate limits are per peer, so peers that share a
+// broker (and here a receiver) share it fairly: a peer that floods gets
+// its own rate and no more, and cannot starve a light sender, which gets
+// everything through; two flooding senders get equal shares.
+func TestRelayFairShare(t *testing.T) {
+	const rate = 256 << 10 // bytes per second per peer (burst: one second)
+	l := brokertest.Start(t, brokertest.Options{Limits: server.Limits{RelayRate: rate}})
+	ctx := brokertest.Ctx(t, 30*time.Second)
+	var mu sync.Mutex
+	got := map[string]int{}
+	recv := l.Client(l.Peer("recv"), func(c *client.Config) {
+		c.OnRelay = func(from string, d []byte) { mu.Lock(); got[from] += len(d); mu.Unlock() }
+	})
+	heavy, light := l.Client(l.Peer("heavy"), nil), l.Client(l.Peer("light"), nil)
+	for _, c := range []*client.Client{recv, heavy, light} {
+		if err := c.WaitConnected(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recv.View().Wait(ctx, func(v *client.View) bool { return v.Cert("heavy") != nil && v.Cert("light") != nil })
+	data := make([]byte, 1400)
+	// flood sends as fast as the client's queue takes datagrams until end.
+	flood := func(c *client.Client, end time.Time) {
+		for time.Now().Before(end) {
+			if c.Relay("recv", data) != nil {
+				time.Sleep(50 * time.Microsecond)
+			}
+		}
+	}
+	// paced sends bytesPerSec until end; it returns what it sent.
+	paced := func(c *client.Client, bytesPerSec float64, end time.Time) int {
+		sent, start := 0, time.Now()
+		for now := start; now.Before(end); now = time.Now() {
+			if float64(sent) < bytesPerSec*now.Sub(start).Seconds() && c.Relay("recv", data) == nil {
+				sent += len(data)
+				continue
+			}
+			time.Sleep(time.Millisecond)
+		}
+		return sent
+	}
+	settle := func() map[string]int {
+		time.Sleep(300 * time.Millisecond) // the last datagrams in flight
+		mu.Lock()
+		defer mu.Unlock()
+		out := got
+		got = map[string]int{}
+		return out
+	}
+	const phase = time.Second
+	// The most one peer can get through in a phase: the burst and the rate.
+	most := float64(rate) + rate*phase.Seconds()
+
+	// A flood beside a light sender at a third of the rate.
+	end := time.Now().Add(phase)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); flood(heavy, end) }()
+	sent := paced(light, rate/3, end)
+	wg.Wait()
+	g := settle()
+	t.Logf("flood beside a light sender: heavy %d bytes, light %d of %d sent (at most %.0f each)", g["heavy"], g["light"], sent, most)
+	if g["light"] < sent*95/100 {
+		t.Errorf("the light sender got %d of %d bytes through beside a flood: starved", g["light"], sent)
+	}
+	if float64(g["heavy"]) > most*1.1 || float64(g["heavy"]) < most*0.5 {
+		t.Errorf("the flooding sender got %d bytes through in %v, want about its own limit %.0f", g["heavy"], phase, most)
+	}
+
+	// Two floods: equal shares (both buckets refilled during the pause).
+	time.Sleep(time.Second)
+	end = time.Now().Add(phase)
+	wg.Add(2)
+	go func() { defer wg.Done(); flood(heavy, end) }()
+	go func() { defer wg.Done(); flood(light, end) }()
+	wg.Wait()
+	g = settle()
+	total := g["heavy"] + g["light"]
+	t.Logf("two floods: %d and %d bytes", g["heavy"], g["light"])
+	if total == 0 {
+		t.Fatal("nothing relayed")
+	}
+	for _, name := range []string{"heavy", "light"} {
+		if share := float64(g[name]) / float64(total); share < 0.4 || share > 0.6 {
+			t.Errorf("two flooding senders: %s has a share of %.2f, want 0.4-0.6 (%v)", name, share, g)
+		}
 	}
 }
