@@ -241,6 +241,33 @@ func ReadFrame(r io.Reader) (Type, []byte, error) {
 	return Type(h[0]), p, nil
 }
 
+// ReadRawFrame reads one frame and returns it whole, header and payload
+// (at most MaxPayload bytes) in one slice, so that a frame forwarded
+// unchanged (relay, signal) need not be encoded again: Unmarshal(Type(f[0]),
+// f[HeaderSize:]) decodes it.
+func ReadRawFrame(r io.Reader) ([]byte, error) {
+	var h [headerSize]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(h[1:])
+	if n > MaxPayload {
+		return nil, fmt.Errorf("%w: %d bytes", ErrTooLarge, n)
+	}
+	f := make([]byte, headerSize+int(n))
+	copy(f, h[:])
+	if _, err := io.ReadFull(r, f[headerSize:]); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return f, nil
+}
+
+// HeaderSize is the size of a frame's header (type and length).
+const HeaderSize = headerSize
+
 // ReadMessage reads and decodes one frame.
 func ReadMessage(r io.Reader) (Message, error) {
 	t, p, err := ReadFrame(r)

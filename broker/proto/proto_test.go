@@ -132,11 +132,21 @@ func FuzzReadFrame(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r := bytes.NewReader(b)
+		r, raw := bytes.NewReader(b), bytes.NewReader(b)
 		for {
 			m, err := ReadMessage(r)
+			// ReadRawFrame reads the same frames, whole.
+			rf, rerr := ReadRawFrame(raw)
+			if (err == nil) != (rerr == nil) {
+				if rerr != nil || func() bool { _, e := Unmarshal(Type(rf[0]), rf[HeaderSize:]); return e == nil }() {
+					t.Fatalf("ReadMessage: %v; ReadRawFrame: %v", err, rerr)
+				}
+			}
 			if err != nil {
 				return
+			}
+			if m2, err := Unmarshal(Type(rf[0]), rf[HeaderSize:]); err != nil || m2.Type() != m.Type() {
+				t.Fatalf("raw frame decodes to %v (%v), want a %s", m2, err, m.Type())
 			}
 			fr, err := Frame(m)
 			if err != nil {

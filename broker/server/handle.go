@@ -23,9 +23,9 @@ func errRole(ss *session, m proto.Message) error {
 	return fmt.Errorf("a %s session may not send %s", ss.role, m.Type())
 }
 
-// handle processes one message of an established session. An error closes
-// the session.
-func (s *Server) handle(ss *session, m proto.Message) error {
+// handle processes one message of an established session; frame is its
+// encoding as received. An error closes the session.
+func (s *Server) handle(ss *session, m proto.Message, frame []byte) error {
 	role := ss.role
 	switch m := m.(type) {
 	case *proto.Ping:
@@ -68,9 +68,9 @@ func (s *Server) handle(ss *session, m proto.Message) error {
 		ss.cl.subs[ss.id] = ss
 		s.mu.Unlock()
 	case *proto.Signal:
-		return s.signal(ss, m)
+		return s.signal(ss, m, frame)
 	case *proto.Relay:
-		return s.relay(ss, m)
+		return s.relay(ss, m, frame)
 	case *proto.Enroll:
 		if role != proto.RoleEnrollee || ss.enrolled {
 			return errRole(ss, m)
@@ -100,7 +100,7 @@ func (s *Server) handle(ss *session, m proto.Message) error {
 
 // signal forwards a signal to the destination's session here, or (for a
 // signal from a local peer) to the replica links: one hop, never back.
-func (s *Server) signal(ss *session, m *proto.Signal) error {
+func (s *Server) signal(ss *session, m *proto.Signal, frame []byte) error {
 	if ss.role == proto.RolePeer && (m.From != ss.name || m.Cluster != ss.cl.name) {
 		s.metrics.signalDrops.Add(1)
 		s.log.Debug("forged signal dropped", "session", ss.name, "from", m.From, "cluster", m.Cluster)
@@ -110,11 +110,13 @@ func (s *Server) signal(ss *session, m *proto.Signal) error {
 		return errRole(ss, m)
 	}
 	s.metrics.signals.Add(1)
-	s.forward(ss, m.Cluster, m.To, m)
+	s.forward(ss, m.Cluster, m.To, m, frame)
 	return nil
 }
 
-func (s *Server) forward(ss *session, cluster, to string, m proto.Message) {
+// forward sends m (whose frame, if not nil, is sent as is) to the
+// destination's most recent session here, or to the replica links.
+func (s *Server) forward(ss *session, cluster, to string, m proto.Message, frame []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	cl := s.clusters[cluster]
@@ -132,7 +134,7 @@ func (s *Server) forward(ss *session, cluster, to string, m proto.Message) {
 				return
 			}
 		}
-		if !dst.send(m, dropIfFull) {
+		if !dst.sendFrame(m, frame, dropIfFull) {
 			s.metrics.dropped(m)
 		}
 		return
@@ -142,13 +144,13 @@ func (s *Server) forward(ss *session, cluster, to string, m proto.Message) {
 		return
 	}
 	for _, r := range s.replicas {
-		r.send(m, dropIfFull)
+		r.sendFrame(m, frame, dropIfFull)
 	}
 }
 
 // relay forwards a datagram; it refuses revoked senders and enforces the
 // sender's byte rate. It never logs per packet.
-func (s *Server) relay(ss *session, m *proto.Relay) error {
+func (s *Server) relay(ss *session, m *proto.Relay, frame []byte) error {
 	switch ss.role {
 	case proto.RolePeer:
 		if ss.cl == nil {
@@ -179,7 +181,7 @@ func (s *Server) relay(ss *session, m *proto.Relay) error {
 		return errRole(ss, m)
 	}
 	s.metrics.relayBytes.Add(uint64(len(m.Data)))
-	s.forward(ss, m.Cluster, m.To, m)
+	s.forward(ss, m.Cluster, m.To, m, frame)
 	return nil
 }
 

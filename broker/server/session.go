@@ -91,6 +91,15 @@ func (ss *session) send(m proto.Message, mode sendMode) bool {
 	return ss.enqueue(f, nil, mode)
 }
 
+// sendFrame queues m, whose frame f is at hand (a relayed datagram or a
+// signal forwarded unchanged), without encoding it again.
+func (ss *session) sendFrame(m proto.Message, f []byte, mode sendMode) bool {
+	if f == nil || (ss.srv.cfg.Hook != nil && ss.role != proto.RoleReplica) {
+		return ss.send(m, mode)
+	}
+	return ss.enqueue(f, nil, mode)
+}
+
 // push queues signed objects for the session's subscription, without
 // blocking; the writer sends queued objects in Objects frames of up to
 // ~256 KiB, before any frame queued after them. A full queue closes the
@@ -368,13 +377,13 @@ func (s *Server) runSession(ss *session) {
 	idle := s.cfg.Limits.IdleTimeout
 	for {
 		ss.conn.SetReadDeadline(time.Now().Add(idle))
-		t, p, err := proto.ReadFrame(ss.conn)
+		f, err := proto.ReadRawFrame(ss.conn)
 		if err != nil {
 			return
 		}
-		m, err := proto.Unmarshal(t, p)
+		m, err := proto.Unmarshal(proto.Type(f[0]), f[proto.HeaderSize:])
 		if err == nil {
-			err = s.handle(ss, m)
+			err = s.handle(ss, m, f)
 		}
 		if err != nil {
 			s.log.Info("closing session", "role", ss.role, "name", ss.name, "addr", ss.remote, "err", err)

@@ -36,7 +36,7 @@ func (s *Server) udpRelay(b []byte, from net.Addr) {
 		s.pc.WriteTo(ack.Append(nil), from)
 		return
 	}
-	s.relay(ss, &proto.Relay{Cluster: ss.cl.name, From: ss.name, To: u.Name, Data: append([]byte(nil), u.Data...)})
+	s.relay(ss, &proto.Relay{Cluster: ss.cl.name, From: ss.name, To: u.Name, Data: append([]byte(nil), u.Data...)}, nil)
 }
 
 // serveUDP answers STUN binding requests (RFC 5389/8489) with the source
