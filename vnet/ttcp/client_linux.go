@@ -82,7 +82,8 @@ func (d *Dialer) giveQueue(q uint16) {
 // it to the server (e.g. through the broker) and return; a send error ends
 // the dial. Inbound RSTs of the flow are dropped until Dial returns, so
 // that a firewall's or NAT router's refusal of the first SYN does not
-// abort the connect. ctx bounds the whole dial.
+// abort the connect, and so are inbound SYNs without ACK (the server's
+// opening SYN, when it comes this far). ctx bounds the whole dial.
 //
 // Dial must run in the network namespace the connection belongs to, and
 // it installs and removes its iptables rules on the calling thread.
@@ -178,6 +179,12 @@ func (d *Dialer) Dial(ctx context.Context, remote netip.AddrPort, send func(cont
 				"-m", "comment", "--comment", "pvc-ttcp capture", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(q)), "--queue-bypass"}},
 			{table: "filter", chain: "INPUT", spec: []string{"-p", "tcp", "-s", rip, "--sport", rport, "--dport", lp,
 				"--tcp-flags", "RST", "RST", "-m", "comment", "--comment", "pvc-ttcp setup", "-j", "DROP"}},
+			// The server's opening SYN (ServerConfig.OpenTTL) should die on the
+			// way; if it arrives (no router between), a simultaneous open would
+			// confuse the server's half-open connection: drop it as a router
+			// would.
+			{table: "filter", chain: "INPUT", spec: []string{"-p", "tcp", "-s", rip, "--sport", rport, "--dport", lp,
+				"--tcp-flags", "SYN,ACK", "SYN", "-m", "comment", "--comment", "pvc-ttcp setup", "-j", "DROP"}},
 		} {
 			if err := addRule(prog, r); err != nil {
 				return err

@@ -1,0 +1,227 @@
+package ttcp_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pvc-project/pvc/e2e/netlab"
+	"github.com/pvc-project/pvc/vnet/ttcp"
+)
+
+// matrixKinds are the site kinds the crossing matrix measures; udp-blocked
+// and upnp sites are cone routers as far as TCP is concerned.
+var matrixKinds = []netlab.Kind{netlab.Public, netlab.HostFW, netlab.Firewall, netlab.Cone, netlab.Symmetric, netlab.DoubleNAT}
+
+// openTTL is the TTL of the server's opening SYN: enough to leave its own
+// routers.
+func openTTL(k netlab.Kind) uint8 {
+	switch k {
+	case netlab.Public, netlab.HostFW:
+		return 1
+	case netlab.DoubleNAT:
+		return 3
+	}
+	return 2
+}
+
+// ttcpOnce runs one Traversing-TCP connection from cli to a listener on srv
+// at port, the description handed over in-process (Marshal, ParseSYN), and
+// exchanges checked data. It returns how long Dial took.
+func ttcpOnce(ctx context.Context, srv *netlab.Host, server *ttcp.Server, srvPublic netip.Addr, cli *netlab.Host, d *ttcp.Dialer, port uint16) (time.Duration, error) {
+	var ln net.Listener
+	if err := srv.Do(func() error {
+		var err error
+		ln, err = net.Listen("tcp4", netip.AddrPortFrom(srv.Addr, port).String())
+		return err
+	}); err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	accepted := acceptOne(ln, 6*time.Second)
+	var conn net.Conn
+	start := time.Now()
+	err := cli.Do(func() error {
+		var err error
+		conn, err = d.Dial(ctx, netip.AddrPortFrom(srvPublic, port), func(ctx context.Context, s ttcp.SYN) error {
+			b, err := s.Marshal()
+			if err != nil {
+				return err
+			}
+			s, err = ttcp.ParseSYN(b)
+			if err != nil {
+				return err
+			}
+			return server.Inject(s, netip.AddrPortFrom(srv.Addr, port))
+		})
+		return err
+	})
+	took := time.Since(start)
+	if err != nil {
+		return took, err
+	}
+	defer conn.Close()
+	sc := <-accepted
+	if sc == nil {
+		return took, errors.New("client connected, server accepted nothing")
+	}
+	defer sc.Close()
+	return took, exchange(conn, sc, 64<<10)
+}
+
+// TestTraversingTCPMatrix measures which (server, client) site kinds
+// Traversing-TCP crosses, with and without the server's low-TTL opening
+// SYN, and checks the result against ttcp.Crosses. It builds 12 sites and
+// runs 72 connections (about a minute): set PVC_LAB_MATRIX=1 to run it.
+func TestTraversingTCPMatrix(t *testing.T) {
+	if os.Getenv("PVC_LAB_MATRIX") == "" {
+		t.Skip("the crossing matrix takes about a minute: set PVC_LAB_MATRIX=1 to run it")
+	}
+	var sites []netlab.SiteSpec
+	for _, k := range matrixKinds {
+		name := strings.ReplaceAll(string(k), "-", "")
+		sites = append(sites, netlab.SiteSpec{Name: name + "a", Kind: k}, netlab.SiteSpec{Name: name + "b", Kind: k})
+	}
+	lab := netlab.New(t, netlab.Spec{Sites: sites})
+	name := func(k netlab.Kind, ab string) string { return strings.ReplaceAll(string(k), "-", "") + ab }
+
+	// Servers: the "a" site of every kind, with and without the opening SYN.
+	type srvSide struct {
+		host   *netlab.Host
+		public netip.Addr
+		plain  *ttcp.Server
+		open   *ttcp.Server
+	}
+	srvs := map[netlab.Kind]*srvSide{}
+	dialers := map[netlab.Kind]*ttcp.Dialer{}
+	for _, k := range matrixKinds {
+		s := lab.Site(name(k, "a"))
+		ss := &srvSide{host: s.Hosts[0], public: s.PublicAddr}
+		if err := ss.host.Do(func() error {
+			var err error
+			if ss.plain, err = ttcp.NewServer(ttcp.ServerConfig{TUN: "pvcttcp0"}); err != nil {
+				return err
+			}
+			ss.open, err = ttcp.NewServer(ttcp.ServerConfig{TUN: "pvcttcp1", OpenTTL: openTTL(k)})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer ss.plain.Close()
+		defer ss.open.Close()
+		srvs[k] = ss
+		dialers[k] = &ttcp.Dialer{Public: lab.Site(name(k, "b")).PublicAddr}
+	}
+
+	type cell struct {
+		took time.Duration
+		err  error
+	}
+	results := map[[3]string]cell{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 4)
+	port := uint16(7400)
+	for _, sk := range matrixKinds {
+		for _, ck := range matrixKinds {
+			for _, open := range []bool{false, true} {
+				port++
+				wg.Add(1)
+				go func(sk, ck netlab.Kind, open bool, port uint16) {
+					defer wg.Done()
+					sem <- struct{}{}
+					defer func() { <-sem }()
+					ss := srvs[sk]
+					server := ss.plain
+					if open {
+						server = ss.open
+					}
+					ctx, cancel := context.WithTimeout(t.Context(), 4*time.Second)
+					defer cancel()
+					took, err := ttcpOnce(ctx, ss.host, server, ss.public, lab.Site(name(ck, "b")).Hosts[0], dialers[ck], port)
+					mu.Lock()
+					results[[3]string{string(sk), string(ck), fmt.Sprint(open)}] = cell{took, err}
+					mu.Unlock()
+				}(sk, ck, open, port)
+			}
+		}
+	}
+	wg.Wait()
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nTraversing-TCP: rows server kind, columns client kind; each cell plain / with opening SYN\n%-11s", "")
+	for _, ck := range matrixKinds {
+		fmt.Fprintf(&b, " %-19s", ck)
+	}
+	b.WriteString("\n")
+	for _, sk := range matrixKinds {
+		fmt.Fprintf(&b, "%-11s", sk)
+		for _, ck := range matrixKinds {
+			var parts []string
+			for _, open := range []bool{false, true} {
+				c := results[[3]string{string(sk), string(ck), fmt.Sprint(open)}]
+				got := c.err == nil
+				s := "no"
+				if got {
+					s = fmt.Sprintf("%dms", c.took.Milliseconds())
+				}
+				if want := ttcp.Crosses(string(sk), string(ck), open); got != want {
+					s += "!"
+					t.Errorf("server %s, client %s, opening SYN %v: crossed %v, Crosses says %v (%v)", sk, ck, open, got, want, c.err)
+				}
+				parts = append(parts, s)
+			}
+			fmt.Fprintf(&b, " %-19s", strings.Join(parts, " / "))
+		}
+		b.WriteString("\n")
+	}
+	t.Log(b.String())
+}
+
+// TestTraversingTCPBehindNATWithOpeningSYN: a server behind a NAT router
+// (udp-blocked cone) is out of reach of plain Traversing-TCP (its router
+// neither translates nor lets through the SYN/ACK to a SYN it never saw)
+// and reachable when it opens its router's state with a low-TTL SYN.
+func TestTraversingTCPBehindNATWithOpeningSYN(t *testing.T) {
+	lab := netlab.New(t, netlab.Spec{Sites: []netlab.SiteSpec{
+		{Name: "srv", Kind: netlab.UDPBlocked},
+		{Name: "cli", Kind: netlab.Cone},
+	}})
+	srv, cli := lab.Site("srv").Hosts[0], lab.Site("cli").Hosts[0]
+	var plain, open *ttcp.Server
+	if err := srv.Do(func() error {
+		var err error
+		if plain, err = ttcp.NewServer(ttcp.ServerConfig{TUN: "pvcttcp0"}); err != nil {
+			return err
+		}
+		open, err = ttcp.NewServer(ttcp.ServerConfig{TUN: "pvcttcp1", OpenTTL: 2})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	defer open.Close()
+	d := &ttcp.Dialer{Public: lab.Site("cli").PublicAddr}
+	ctx, cancel := context.WithTimeout(t.Context(), 2500*time.Millisecond)
+	defer cancel()
+	if _, err := ttcpOnce(ctx, srv, plain, lab.Site("srv").PublicAddr, cli, d, 7001); err == nil {
+		t.Error("plain Traversing-TCP crossed a NAT router")
+	}
+	ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	took, err := ttcpOnce(ctx, srv, open, lab.Site("srv").PublicAddr, cli, d, 7002)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("connected in %v with the opening SYN", took.Round(time.Millisecond))
+	if want := ttcp.Crosses("udp-blocked", "cone", true) && !ttcp.Crosses("udp-blocked", "cone", false); !want {
+		t.Error("Crosses disagrees with this test")
+	}
+}
