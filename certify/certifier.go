@@ -307,6 +307,27 @@ func (c *Certifier) exclusion(w *work) []string {
 	return ex
 }
 
+// expectedCredibility is the mean credibility of the hosts that may run
+// w's next task: what the credibility policy expects of a new replica.
+func (c *Certifier) expectedCredibility(w *work) float64 {
+	sum, n := 0.0, 0
+	for _, h := range c.hosts {
+		if w.used[h] || c.blacklisted(h) {
+			continue
+		}
+		passed := 0
+		if r := c.state.Hosts[h]; r != nil {
+			passed = r.ChecksPassed
+		}
+		sum += HostCredibility(c.cfg.SaboteurBound, passed)
+		n++
+	}
+	if n == 0 {
+		return 1 - c.cfg.SaboteurBound
+	}
+	return sum / float64(n)
+}
+
 // need returns how many more results w wants.
 func (c *Certifier) need(w *work) int {
 	valid := c.valid(w, 0)
@@ -483,7 +504,7 @@ func (c *Certifier) evaluate(ctx context.Context, w *work) error {
 			if len(valid) > 0 && w.want <= len(valid) {
 				w.out.Rerun = true
 			}
-			w.want = len(valid) + replicasNeeded(creds, best, 1-c.cfg.SaboteurBound, target, c.cfg.MaxReplicas-len(valid))
+			w.want = len(valid) + replicasNeeded(creds, best, c.expectedCredibility(w), target, c.cfg.MaxReplicas-len(valid))
 		}
 		return nil
 	}
