@@ -18,6 +18,7 @@ build:
 	$(GO) build -o bin/pvcd ./pvcd
 	$(GO) build -o bin/pvc-broker ./broker
 	$(GO) build -o bin/pvc-lab ./e2e/cmd/pvc-lab
+	$(GO) build -o bin/pvc-certify ./certify/cmd/pvc-certify
 
 # Everything: unit tests, lab tests (root), fuzz targets for $(FUZZTIME) each.
 test: deps build
@@ -35,7 +36,8 @@ fuzz:
 	@scripts/fuzz-all.sh $(FUZZTIME)
 
 # Benchmarks (root for the lab ones). Figures are ratios against a
-# reference measured in the same run.
+# reference measured in the same run. bench/certify is the saboteur
+# simulation (the paper's Figure 8), written to bench/results/certify.
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 30m ./...
 
