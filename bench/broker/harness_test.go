@@ -536,3 +536,29 @@ func (p *brokerProc) logHealth(tb testing.TB) {
 		tb.Logf("broker metrics: %s", strings.Join(bad, "; "))
 	}
 }
+
+// cpuSeconds returns a process's user and system CPU time, from /proc
+// (clock ticks of 1/100 s).
+func cpuSeconds(tb testing.TB, pid int) float64 {
+	tb.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// Fields after the command name (which is in parentheses): state is
+	// field 3, utime 14, stime 15.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100
+}
+
+// loadAvg returns the machine's 1-minute load average (other work on the
+// machine shows in the figures).
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
+}

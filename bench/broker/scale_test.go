@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -207,6 +208,9 @@ func benchStorm(b *testing.B, n int) {
 		}
 	}()
 
+	load := loadAvg()
+	brokerCPU := cpuSeconds(b, br.PID())
+	selfCPU := cpuSeconds(b, os.Getpid())
 	want := n + 2 // every storm peer and the two probes
 	done := make([]time.Duration, n)
 	var wg sync.WaitGroup
@@ -225,6 +229,8 @@ func benchStorm(b *testing.B, n int) {
 	}
 	wg.Wait()
 	storm := time.Since(start)
+	brokerCPU = cpuSeconds(b, br.PID()) - brokerCPU
+	selfCPU = cpuSeconds(b, os.Getpid()) - selfCPU
 	close(stormDone)
 	pgWG.Wait()
 	complete := 0
@@ -262,19 +268,22 @@ func benchStorm(b *testing.B, n int) {
 	verify := median(ver)
 
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-	b.Logf("join storm of %d peers: all saw all in %v; signalling idle p50 %.2f/p99 %.2f ms, during the storm p50 %.2f/p99 %.2f ms (%d rounds, %d lost), after p50 %.2f/p99 %.2f ms; a host verifies %d certificates in %.1f ms; broker RSS %.1f -> %.1f MB",
+	b.Logf("join storm of %d peers: all saw all in %v; signalling idle p50 %.2f/p99 %.2f ms, during the storm p50 %.2f/p99 %.2f ms (%d rounds, %d lost), after p50 %.2f/p99 %.2f ms; a host verifies %d certificates in %.1f ms; broker RSS %.1f -> %.1f MB; CPU during the storm: broker %.2f s, the %d clients %.2f s; load average %s",
 		n, last.Round(time.Millisecond), percentile(idle, 50), percentile(idle, 99), percentile(during, 50), percentile(during, 99), len(during), pg.lost,
-		percentile(loaded, 50), percentile(loaded, 99), len(raws), verify, before/1e6, after/1e6)
+		percentile(loaded, 50), percentile(loaded, 99), len(raws), verify, before/1e6, after/1e6, brokerCPU, n, selfCPU, load)
 	b.ReportMetric(ms(last), "ms/storm")
 	b.ReportMetric(percentile(during, 50), "p50-storm-ms")
 	b.ReportMetric(percentile(during, 99), "p99-storm-ms")
 	b.ReportMetric(percentile(loaded, 50), "p50-after-ms")
 	b.ReportMetric(percentile(loaded, 99), "p99-after-ms")
 	b.ReportMetric(verify, "verify-ms/peer")
+	b.ReportMetric(brokerCPU, "broker-cpu-s")
 	writeSummary(b, "joinstorm", []summaryRow{
 		{"peers", "count", float64(n), "broker clients connecting at once to a fresh pvc-broker (registry empty)"},
 		{"peers_complete", "count", float64(complete), "peers whose view held every other peer"},
-		{"storm_all_see_all", "ms", ms(last), "target < 2000 ms; from the first dial to the last view complete"},
+		{"storm_all_see_all", "ms", ms(last), fmt.Sprintf("target < 2000 ms; from the first dial to the last view complete; 1-min load average %s at the start", load)},
+		{"broker_cpu", "s", brokerCPU, "pvc-broker's CPU time (user+system) during the storm"},
+		{"clients_cpu", "s", selfCPU, fmt.Sprintf("the %d simulated peers' CPU time (this process) during the storm", n)},
 		{"signal_rtt_idle_p50", "ms", percentile(idle, 50), "before the storm, 2 peers connected"},
 		{"signal_rtt_idle_p99", "ms", percentile(idle, 99), ""},
 		{"signal_rtt_storm_p50", "ms", percentile(during, 50), fmt.Sprintf("during the storm, %d rounds, %d lost", len(during), pg.lost)},

@@ -195,9 +195,14 @@ func (s *session) run(ctx context.Context, keepalive, idle time.Duration, handle
 		}
 	}()
 	defer s.failPending()
+	buf := make([]byte, 16<<10) // frames up to 16 KiB are read into it (decoders copy what they keep)
 	for {
 		s.conn.SetReadDeadline(time.Now().Add(idle))
-		m, err := proto.ReadMessage(s.conn)
+		t, p, err := proto.ReadFrameBuf(s.conn, buf)
+		var m proto.Message
+		if err == nil {
+			m, err = proto.Unmarshal(t, p)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

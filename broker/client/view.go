@@ -159,6 +159,9 @@ func (v *View) AddAll(raws [][]byte) (int, []error) {
 // when it entered the view, and what depends on the moment — validity,
 // revocation — is enforced by whoever uses the view, as before).
 func (v *View) addLocked(raw []byte, now time.Time) (bool, error) {
+	if c := v.cachedCertLocked(raw, now); c != nil {
+		return v.mergeCertLocked(c), nil
+	}
 	o, err := signed.Decode(raw)
 	if err != nil {
 		return false, err
@@ -218,21 +221,12 @@ func (v *View) addLocked(raw []byte, now time.Time) (bool, error) {
 		if cur := v.certs[o.Subject]; cur != nil && bytes.Equal(cur.Encode(), raw) {
 			return false, nil
 		}
-		c, err := v.verifyCertLocked(raw, now)
+		c, err := v.ts.VerifyCert(raw, now)
 		if err != nil {
 			return false, err
 		}
-		if cur := v.certs[c.Name]; cur != nil {
-			if cur.Serial >= c.Serial {
-				return false, nil
-			}
-			if !cur.SignKey.Equal(c.SignKey) {
-				delete(v.endpoints, c.Name) // signed by the old key
-			}
-			delete(v.byIP, cur.IP)
-		}
-		v.certs[c.Name] = c
-		v.byIP[c.IP] = c.Name
+		v.cache.put(cacheKey(v.ts.Bundle().MasterKey, raw), c)
+		return v.mergeCertLocked(c), nil
 	case signed.KindEndpoints:
 		if cur := v.endpoints[o.Subject]; cur != nil && bytes.Equal(cur.Encode(), raw) {
 			return false, nil
@@ -261,27 +255,42 @@ func (v *View) addLocked(raw []byte, now time.Time) (bool, error) {
 	return true, nil
 }
 
-// verifyCertLocked verifies a certificate against the trust in force: in
-// full, or, for bytes whose master signature the cache holds as verified,
-// everything but that signature (cluster, validity at now, revocation,
-// subnet); a cached certificate that fails these is verified in full for
-// the error.
-func (v *View) verifyCertLocked(raw []byte, now time.Time) (*cert.Cert, error) {
+// cachedCertLocked returns the certificate raw encodes if the cache holds
+// its master signature as verified and it is valid in the view now
+// (cluster, validity at now, revocation in force, subnet); else nil, and
+// the caller verifies it in full (which also gives the error).
+func (v *View) cachedCertLocked(raw []byte, now time.Time) *cert.Cert {
+	if v.cache == nil {
+		return nil
+	}
 	b := v.ts.Bundle()
-	c, key := v.cache.cert(b.MasterKey, raw)
-	if c != nil {
-		rev := v.ts.Revocation()
-		if c.Cluster == b.Cluster && !now.Before(c.NotBefore) && now.Before(c.NotAfter) &&
-			(rev == nil || !rev.Revoked(c.Serial)) && b.Subnet.Contains(c.IP) {
-			return c, nil
+	c, _ := v.cache.cert(b.MasterKey, raw)
+	if c == nil {
+		return nil
+	}
+	rev := v.ts.Revocation()
+	if c.Cluster == b.Cluster && !now.Before(c.NotBefore) && now.Before(c.NotAfter) &&
+		(rev == nil || !rev.Revoked(c.Serial)) && b.Subnet.Contains(c.IP) {
+		return c
+	}
+	return nil
+}
+
+// mergeCertLocked puts a verified certificate in the view unless it holds
+// the same or a newer one (by serial); it reports whether it did.
+func (v *View) mergeCertLocked(c *cert.Cert) bool {
+	if cur := v.certs[c.Name]; cur != nil {
+		if cur.Serial >= c.Serial {
+			return false
 		}
+		if !cur.SignKey.Equal(c.SignKey) {
+			delete(v.endpoints, c.Name) // signed by the old key
+		}
+		delete(v.byIP, cur.IP)
 	}
-	c, err := v.ts.VerifyCert(raw, now)
-	if err != nil {
-		return nil, err
-	}
-	v.cache.put(key, c)
-	return c, nil
+	v.certs[c.Name] = c
+	v.byIP[c.IP] = c.Name
+	return true
 }
 
 func (v *View) dropLocked(name string) {

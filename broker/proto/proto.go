@@ -222,7 +222,12 @@ func WriteMessage(w io.Writer, m Message) error {
 }
 
 // ReadFrame reads one frame: its type and payload (at most MaxPayload bytes).
-func ReadFrame(r io.Reader) (Type, []byte, error) {
+func ReadFrame(r io.Reader) (Type, []byte, error) { return ReadFrameBuf(r, nil) }
+
+// ReadFrameBuf is ReadFrame reading the payload into buf when it fits (a
+// reader's reusable buffer: every decoder copies what it keeps, so a
+// message from Unmarshal never refers to the payload).
+func ReadFrameBuf(r io.Reader, buf []byte) (Type, []byte, error) {
 	var h [headerSize]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return 0, nil, err
@@ -231,7 +236,11 @@ func ReadFrame(r io.Reader) (Type, []byte, error) {
 	if n > MaxPayload {
 		return 0, nil, fmt.Errorf("%w: %d bytes", ErrTooLarge, n)
 	}
-	p := make([]byte, n)
+	p := buf[:0]
+	if cap(p) < int(n) {
+		p = make([]byte, n)
+	}
+	p = p[:n]
 	if _, err := io.ReadFull(r, p); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF

@@ -132,9 +132,26 @@ func FuzzReadFrame(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, raw := bytes.NewReader(b), bytes.NewReader(b)
+		r, raw, rb := bytes.NewReader(b), bytes.NewReader(b), bytes.NewReader(b)
+		buf := make([]byte, 64)
+		var kept []Message // decoded from the reused buffer: must not change
+		var want [][]byte
+		defer func() {
+			for i, m := range kept {
+				if f, _ := Frame(m); !bytes.Equal(f, want[i]) {
+					t.Fatalf("message %d changed when the read buffer was reused", i)
+				}
+			}
+		}()
 		for {
 			m, err := ReadMessage(r)
+			// ReadFrameBuf with one reused buffer reads the same messages.
+			if bt, bp, berr := ReadFrameBuf(rb, buf); berr == nil {
+				if bm, uerr := Unmarshal(bt, bp); uerr == nil {
+					f, _ := Frame(bm)
+					kept, want = append(kept, bm), append(want, f)
+				}
+			}
 			// ReadRawFrame reads the same frames, whole.
 			rf, rerr := ReadRawFrame(raw)
 			if (err == nil) != (rerr == nil) {

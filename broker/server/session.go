@@ -19,6 +19,7 @@ import (
 	"github.com/pvc-project/pvc/security/bundle"
 	"github.com/pvc-project/pvc/security/cert"
 	"github.com/pvc-project/pvc/security/keys"
+	"github.com/pvc-project/pvc/security/signed"
 	"github.com/pvc-project/pvc/security/trust"
 )
 
@@ -160,18 +161,47 @@ func (ss *session) closeAfter(m proto.Message) {
 	ss.poke()
 }
 
+// pushDelay is how long queued subscription pushes wait for more before
+// they are written, when nothing else is queued.
+const pushDelay = 50 * time.Millisecond
+
 // writer drains the queue: pending objects first (batched into Objects
 // frames), then frames, coalesced into writes of up to 256 KiB.
 func (ss *session) writer() {
 	defer ss.close()
 	var buf []byte
 	var objs, frames [][]byte // reused between batches
+	hold := time.NewTimer(time.Hour)
+	hold.Stop()
+	defer hold.Stop()
 	for {
 		select {
 		case <-ss.wake:
 		case <-ss.done:
 			return
 		}
+		// Pushes alone wait up to pushDelay for more (1,000 peers joining
+		// at once: one write of many objects instead of one write per
+		// object per subscriber); a frame (signal, relay, answer) goes at
+		// once, with whatever objects are queued before it.
+		hold.Reset(pushDelay)
+	coalesce:
+		for {
+			ss.qmu.Lock()
+			onlyObjs := len(ss.frames) == 0 && len(ss.objs) > 0 && !ss.closing
+			ss.qmu.Unlock()
+			if !onlyObjs {
+				break
+			}
+			select {
+			case <-ss.wake:
+			case <-hold.C:
+				break coalesce
+			case <-ss.done:
+				return
+			}
+		}
+		hold.Stop()
 		for {
 			ss.qmu.Lock()
 			objs, ss.objs = ss.objs, objs[:0]
@@ -183,6 +213,18 @@ func (ss *session) writer() {
 					return
 				}
 				break
+			}
+			// One buffer of the right size for this batch (up to one
+			// write), not one grown by doubling.
+			need := len(objs)*4 + 64
+			for _, o := range objs {
+				need += len(o)
+			}
+			for _, f := range frames {
+				need += len(f)
+			}
+			if need = min(need, 256<<10+signed.MaxSize); cap(buf) < need {
+				buf = make([]byte, 0, need)
 			}
 			queued := 0
 			buf = buf[:0]
