@@ -36,9 +36,11 @@ type Config struct {
 	// endpoint busy) before the next one. 0: 100 ms.
 	Pause time.Duration
 	// OpenTTL, when not 0, sends the first attempt's SYN with this TTL,
-	// short enough to open this side's NAT or firewall without reaching
-	// the peer's router (which might answer with a RST); that attempt
-	// lasts 200 ms and later attempts use the normal TTL.
+	// meant to open this side's NAT or firewall without reaching the
+	// peer's router (which might answer with a RST); that attempt lasts
+	// 200 ms and later attempts use the normal TTL. Where no hop lies
+	// between the two routers (as in the lab) it expires in the peer's
+	// router and breaks router-to-router pairs: see Crosses. 0: none.
 	OpenTTL int
 }
 
