@@ -10,6 +10,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -103,7 +105,7 @@ func TestTraversingTCPHostFirewallOverBroker(t *testing.T) {
 			return m
 		}
 	}})
-	ctx := brokertest.Ctx(t, 8*time.Second)
+	ctx := brokertest.Ctx(t, 15*time.Second)
 	ps, pc := bl.Peer("srv"), bl.Peer("cli")
 	descs := make(chan []byte, 4)
 	cs := bl.Client(ps, func(c *client.Config) {
@@ -127,10 +129,21 @@ func TestTraversingTCPHostFirewallOverBroker(t *testing.T) {
 	}
 
 	ln := listen(t, srv, 7001)
+	// As on most desktops, reverse-path filtering is on (loose) for every
+	// interface: the TUN device then needs an address.
 	var server *ttcp.Server
 	if err := srv.Do(func() error {
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/all/rp_filter", []byte("2"), 0o644); err != nil {
+			return err
+		}
+		if s, err := ttcp.NewServer(ttcp.ServerConfig{}); !errors.Is(err, ttcp.ErrUnavailable) {
+			if s != nil {
+				s.Close()
+			}
+			return fmt.Errorf("NewServer without an address under rp_filter 2: %v, want ErrUnavailable", err)
+		}
 		var err error
-		server, err = ttcp.NewServer(ttcp.ServerConfig{})
+		server, err = ttcp.NewServer(ttcp.ServerConfig{Addr: netip.MustParsePrefix("240.0.0.77/32")})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -203,6 +216,21 @@ func TestTraversingTCPHostFirewallOverBroker(t *testing.T) {
 	}
 	if err := exchange(conn, sc, 1<<20); err != nil {
 		t.Fatal(err)
+	}
+
+	// Nothing is left behind: the client's rules went when Dial returned,
+	// the server's rules and device go with Close.
+	if err := server.Close(); err != nil {
+		t.Error(err)
+	}
+	for _, h := range []*netlab.Host{cli, srv} {
+		out, err := h.Run(context.Background(), "sh", "-c", "iptables-save; ip -o link")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, "pvc-ttcp") || strings.Contains(out, ttcp.DefaultTUN) {
+			t.Errorf("%s: left behind:\n%s", h.Name, out)
+		}
 	}
 
 	// The broker relayed the description and nothing else of this flow.
