@@ -47,6 +47,15 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if h := os.Getenv(helperEnv); h != "" { // the join storm's peers (helper_test.go)
+		file, want, _ := strings.Cut(h, ",")
+		n, _ := strconv.Atoi(want)
+		if err := runStormHelper(file, n); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)
@@ -534,6 +543,20 @@ func (p *brokerProc) logHealth(tb testing.TB) {
 	}
 	if len(bad) > 0 {
 		tb.Logf("broker metrics: %s", strings.Join(bad, "; "))
+	}
+	log, _ := os.ReadFile(p.log)
+	counts := map[string]int{}
+	for _, line := range strings.Split(string(log), "\n") {
+		if strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") || strings.Contains(line, "failed") {
+			msg := line
+			if i := strings.Index(line, "msg="); i >= 0 {
+				msg = line[i:min(len(line), i+60)]
+			}
+			counts[msg]++
+		}
+	}
+	for msg, n := range counts {
+		tb.Logf("broker log: %d× %s", n, msg)
 	}
 }
 

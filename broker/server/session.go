@@ -161,9 +161,9 @@ func (ss *session) closeAfter(m proto.Message) {
 	ss.poke()
 }
 
-// pushDelay is how long queued subscription pushes wait for more before
-// they are written, when nothing else is queued.
-const pushDelay = 50 * time.Millisecond
+// pushDelay is the least time between two writes of subscription pushes
+// alone (see writer).
+const pushDelay = 100 * time.Millisecond
 
 // writer drains the queue: pending objects first (batched into Objects
 // frames), then frames, coalesced into writes of up to 256 KiB.
@@ -171,6 +171,7 @@ func (ss *session) writer() {
 	defer ss.close()
 	var buf []byte
 	var objs, frames [][]byte // reused between batches
+	var lastObjs time.Time    // when objects were last written
 	hold := time.NewTimer(time.Hour)
 	hold.Stop()
 	defer hold.Stop()
@@ -180,17 +181,20 @@ func (ss *session) writer() {
 		case <-ss.done:
 			return
 		}
-		// Pushes alone wait up to pushDelay for more (1,000 peers joining
-		// at once: one write of many objects instead of one write per
-		// object per subscriber); a frame (signal, relay, answer) goes at
+		// Pushes alone go at most once per pushDelay: the first at once,
+		// then, while objects keep coming (1,000 peers joining at once),
+		// one write of many objects per pushDelay instead of one write per
+		// object per subscriber. A frame (signal, relay, answer) goes at
 		// once, with whatever objects are queued before it.
-		hold.Reset(pushDelay)
+		if wait := pushDelay - time.Since(lastObjs); wait > 0 {
+			hold.Reset(wait)
+		}
 	coalesce:
 		for {
 			ss.qmu.Lock()
 			onlyObjs := len(ss.frames) == 0 && len(ss.objs) > 0 && !ss.closing
 			ss.qmu.Unlock()
-			if !onlyObjs {
+			if !onlyObjs || time.Since(lastObjs) >= pushDelay {
 				break
 			}
 			select {
@@ -258,6 +262,9 @@ func (ss *session) writer() {
 			}
 			if !flush() {
 				return
+			}
+			if len(objs) > 0 {
+				lastObjs = time.Now()
 			}
 			ss.qmu.Lock()
 			ss.qbytes -= queued
