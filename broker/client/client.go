@@ -486,6 +486,10 @@ func (c *Client) startUDP(ss *session, b bundle.Broker, wg *sync.WaitGroup) erro
 		if ss.udp, err = net.DialUDP("udp", nil, ap); err != nil {
 			return err
 		}
+		// Relayed WireGuard bursts (a GSO batch is up to 64 datagrams)
+		// overflow the default ~200 KiB buffers.
+		_ = ss.udp.SetReadBuffer(4 << 20)
+		_ = ss.udp.SetWriteBuffer(4 << 20)
 	}
 	wg.Add(2)
 	go func() { defer wg.Done(); ss.readUDP(c.deliverRelay) }()
@@ -515,6 +519,19 @@ func (c *Client) startUDP(ss *session, b bundle.Broker, wg *sync.WaitGroup) erro
 func (c *Client) deliverRelay(from string, data []byte) {
 	if c.cfg.OnRelay != nil && c.view.Cert(from) != nil {
 		c.cfg.OnRelay(from, data)
+	}
+}
+
+// Refresh renews the NAT mappings of every broker session at once: a UDP
+// registration and a ping on each. Call it when the network changed under
+// us (a direct path died): a mapping flushed on our NAT would otherwise
+// blackhole relayed traffic until the next keepalive.
+func (c *Client) Refresh() {
+	for _, s := range c.live() {
+		if s.udp != nil {
+			s.register()
+		}
+		s.trySend(&proto.Ping{Nonce: uint64(time.Now().UnixNano())})
 	}
 }
 

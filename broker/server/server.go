@@ -233,6 +233,10 @@ func (s *Server) Held(cluster string, kind signed.Kind, subject string) (uint64,
 
 // ListenAndServe listens on the given addresses (udp and metrics may be
 // empty) and serves until ctx ends.
+// UDPBuffer is the socket buffer size asked for the UDP relay socket (the
+// kernel caps it at net.core.rmem_max/wmem_max).
+const UDPBuffer = 4 << 20
+
 func (s *Server) ListenAndServe(ctx context.Context, tcp, udp, metricsAddr string) error {
 	var l Listeners
 	var lc net.ListenConfig
@@ -244,6 +248,12 @@ func (s *Server) ListenAndServe(ctx context.Context, tcp, udp, metricsAddr strin
 		if l.UDP, err = lc.ListenPacket(ctx, "udp", udp); err != nil {
 			l.TCP.Close()
 			return err
+		}
+		// Relayed WireGuard traffic comes in bursts (a GSO batch is up to
+		// 64 datagrams): the default ~200 KiB buffer drops them.
+		if uc, ok := l.UDP.(*net.UDPConn); ok {
+			_ = uc.SetReadBuffer(UDPBuffer)
+			_ = uc.SetWriteBuffer(UDPBuffer)
 		}
 	}
 	if metricsAddr != "" {

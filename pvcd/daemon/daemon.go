@@ -163,7 +163,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	o, err := overlay.New(overlay.Config{Self: crt.Name, Address: crt.IP, PrivateKey: wg, ListenPort: cfg.ListenPort,
 		TUN: d.filter, Relay: relayAdapter{d.client}, Auth: probeAuth{d}, Logger: log.With("part", "overlay"),
-		Other: func(pkt []byte, from netip.AddrPort) { d.pm.Load().input(pkt, from) },
+		Other:     func(pkt []byte, from netip.AddrPort) { d.pm.Load().input(pkt, from) },
+		OnTrouble: func(string) { d.client.Refresh() },
 		OnActive: func(name string) {
 			if pm := d.pm.Load(); pm != nil {
 				pm.active(name)

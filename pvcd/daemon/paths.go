@@ -96,15 +96,17 @@ type pathManager struct {
 	mu      sync.Mutex
 	why     map[string]map[string]string // peer → technique → why it failed
 	tcpBusy map[string]bool
+	tcpLast map[string]time.Time // last TCP attempt toward a peer
 }
 
 const (
 	udpGrace   = 1500 * time.Millisecond // a UDP path usually confirms within this
-	retryEvery = 5 * time.Second
+	retryEvery = time.Second             // peers on the relay are looked at this often (ICE keeps its own backoff)
+	tcpEvery   = 10 * time.Second        // TCP techniques toward a peer at most this often
 )
 
 func newPathManager(d *daemon, o *overlay.Overlay, tech Techniques) *pathManager {
-	return &pathManager{d: d, o: o, tech: tech, why: map[string]map[string]string{}, tcpBusy: map[string]bool{}}
+	return &pathManager{d: d, o: o, tech: tech, why: map[string]map[string]string{}, tcpBusy: map[string]bool{}, tcpLast: map[string]time.Time{}}
 }
 
 // start opens what the techniques need: ICE's agents on the shared socket
@@ -203,6 +205,7 @@ func (m *pathManager) removed(peer string) {
 	}
 	m.mu.Lock()
 	delete(m.why, peer)
+	delete(m.tcpLast, peer)
 	m.mu.Unlock()
 }
 
@@ -236,11 +239,12 @@ func (m *pathManager) attempt(peer string) {
 		return
 	}
 	m.mu.Lock()
-	if m.tcpBusy[peer] {
+	if m.tcpBusy[peer] || time.Since(m.tcpLast[peer]) < tcpEvery {
 		m.mu.Unlock()
 		return
 	}
 	m.tcpBusy[peer] = true
+	m.tcpLast[peer] = time.Now()
 	m.mu.Unlock()
 	go func() {
 		defer func() { m.mu.Lock(); delete(m.tcpBusy, peer); m.mu.Unlock() }()

@@ -22,6 +22,7 @@ package bind
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -62,6 +63,13 @@ type Config struct {
 	ProbeInterval time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Logger receives path changes. Nil: discarded.
+	Logger *slog.Logger
+	// OnTrouble, if set, is called when a peer's direct path comes in
+	// doubt or is lost: the relay is about to carry its traffic, and its
+	// own NAT mappings may be as stale as the path's (pvcd refreshes
+	// them).
+	OnTrouble func(peer string)
 }
 
 // Bind implements conn.Bind. Create it with New.
@@ -110,6 +118,9 @@ func New(cfg Config) *Bind {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Bind{
 		cfg: cfg, std: conn.NewStdNetBind(),
@@ -319,6 +330,14 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 				e.txDirect.Add(uint64(len(p)))
 			}
 		}
+		if e.suspect.Load() && b.cfg.Relay != nil {
+			for _, p := range bufs {
+				if b.cfg.Relay.SendRelay(e.name, p) == nil {
+					e.txRelay.Add(uint64(len(p)))
+				}
+			}
+			return nil // the copy on the relay may get through
+		}
 		return err
 	}
 	if s := e.stream.Load(); s != nil {
@@ -350,6 +369,9 @@ func (b *Bind) DeliverRelay(from string, pkt []byte) {
 	if !open {
 		b.droppedRelay.Add(1)
 		return
+	}
+	if ep.direct.Load() != nil {
+		ep.relayIn.Store(true)
 	}
 	select {
 	case q <- relayed{ep: ep, pkt: append([]byte(nil), pkt...)}:

@@ -19,6 +19,15 @@ type Endpoint struct {
 	name string
 
 	direct atomic.Pointer[path] // the confirmed direct path; nil: relay
+	// suspect is set while the direct path carries our datagrams but
+	// nothing comes back: Send then copies them to the relay too, so the
+	// path can die without the application's TCP backing off (WireGuard
+	// drops the second copy as a replay).
+	suspect atomic.Bool
+	// relayIn is set when the peer's datagrams come over the relay or a
+	// stream while we hold a direct path: it does not use that path, so
+	// it probably cannot; probeRound treats it as silence.
+	relayIn atomic.Bool
 
 	stream atomic.Pointer[stream] // an authenticated TCP path; used when there is no direct UDP path
 
@@ -161,8 +170,12 @@ const (
 // Run probes the peers' paths until ctx ends: every candidate of a peer
 // without a direct path each tick (ProbeInterval/10) for fastRounds ticks
 // after its candidates change, then every ProbeInterval; the direct path
-// of the others every ProbeInterval; a direct path unanswered for three
-// intervals is dropped and traffic falls back to the relay.
+// of the others every ProbeInterval. A direct path is in doubt when a
+// probe goes unanswered, or when it carries our datagrams (or the peer
+// sends around it) and nothing comes back for two ticks: it is then
+// probed every tick and our datagrams are copied to the relay; it is
+// dropped, and traffic falls back to the relay, when that lasts a second
+// (silence) or six ticks (unanswered probes).
 func (b *Bind) Run(ctx context.Context) {
 	tick := b.cfg.ProbeInterval / 10
 	t := time.NewTicker(tick)
@@ -199,13 +212,31 @@ func (b *Bind) probeRound() {
 		e.mu.Lock()
 		silent := e.watch(d, now)
 		e.mu.Unlock()
-		// Dead: no pong for three intervals; or, while we send on it,
-		// nothing at all heard for a second and no pong since then
-		// (a flushed NAT mapping, a restarted firewall).
-		if d != nil && (now.Sub(d.lastPong) > 3*b.cfg.ProbeInterval ||
-			(silent > time.Second && now.Sub(d.lastPong) > time.Second)) {
+		tick := b.cfg.ProbeInterval / 10
+		// A probe went unanswered (the path is probed every interval).
+		unanswered := d != nil && now.Sub(d.lastPong) > b.cfg.ProbeInterval+2*tick
+		sus := d != nil && (silent >= 2*tick || unanswered)
+		if e.suspect.Swap(sus) != sus {
+			if sus {
+				b.cfg.Logger.Info("direct path in doubt: datagrams copied to the relay too", "peer", e.name, "remote", d.addr,
+					"silent", silent.Round(time.Millisecond), "last pong", now.Sub(d.lastPong).Round(time.Millisecond))
+				b.trouble(e.name)
+			} else {
+				b.cfg.Logger.Info("direct path heard again or gone: no more copies", "peer", e.name)
+			}
+		}
+		// Dead: while we send on it, nothing at all heard for a second
+		// and no pong since then (a flushed NAT mapping, a restarted
+		// firewall); or an unanswered probe and none answered for 6 ticks
+		// of probing every tick since.
+		if d != nil && ((silent > time.Second && now.Sub(d.lastPong) > time.Second) ||
+			now.Sub(d.lastPong) > b.cfg.ProbeInterval+6*tick) {
 			if e.direct.CompareAndSwap(d, nil) {
 				e.changes.Add(1)
+				e.suspect.Store(false)
+				b.cfg.Logger.Info("direct path lost: relay", "peer", e.name, "remote", d.addr, "kind", d.kind,
+					"last pong", now.Sub(d.lastPong).Round(time.Millisecond), "silent", silent.Round(time.Millisecond))
+				b.trouble(e.name)
 			}
 			d = nil
 		}
@@ -222,8 +253,8 @@ func (b *Bind) probeRound() {
 			all()
 		case d == nil && now.Sub(e.lastPing) >= b.cfg.ProbeInterval:
 			all() // backed off: nothing answered
-		case d != nil && (now.Sub(e.lastPing) >= b.cfg.ProbeInterval || silent > b.cfg.ProbeInterval/5):
-			targets = append(targets, d.addr) // every tick while it is silent
+		case d != nil && (now.Sub(e.lastPing) >= b.cfg.ProbeInterval || sus):
+			targets = append(targets, d.addr) // every tick while in doubt
 		}
 		if len(targets) > 0 {
 			e.lastPing = now
@@ -317,6 +348,7 @@ func (b *Bind) handleProbe(pkt []byte, from netip.AddrPort, std conn.Endpoint) {
 		if ep.direct.CompareAndSwap(cur, next) {
 			if cur == nil || cur.addr != from {
 				ep.changes.Add(1)
+				b.cfg.Logger.Info("direct path confirmed", "peer", p.from, "remote", from, "kind", kind, "rtt", rtt)
 			}
 			return
 		}
@@ -335,17 +367,18 @@ func (e *Endpoint) kindOf(addr netip.AddrPort) PathKind {
 	return PathDirect
 }
 
-// watch returns for how long the direct path d has carried our datagrams
-// while nothing came back on it (0: it is fine or idle). Called each tick
-// with e.mu held.
+// watch returns for how long the direct path d has carried our datagrams,
+// or the peer has sent around it, while nothing came back on it (0: it is
+// fine or idle). Called each tick with e.mu held.
 func (e *Endpoint) watch(d *path, now time.Time) time.Duration {
 	tx, rx := e.txDirect.Load(), e.rxDirect.Load()
 	sending, hearing := tx != e.seenTx, rx != e.seenRx
 	e.seenTx, e.seenRx = tx, rx
+	bypassed := e.relayIn.Swap(false) // the peer sends around our path
 	switch {
 	case d == nil || hearing:
 		e.silentSince = time.Time{}
-	case sending && e.silentSince.IsZero():
+	case (sending || bypassed) && e.silentSince.IsZero():
 		e.silentSince = now
 	}
 	if e.silentSince.IsZero() {
@@ -368,5 +401,12 @@ func (b *Bind) probeNow(e *Endpoint, addrs []netip.AddrPort) {
 	e.mu.Unlock()
 	for _, a := range addrs {
 		b.sendProbe(e.name, a, false, 0)
+	}
+}
+
+// trouble tells Config.OnTrouble (on its own goroutine).
+func (b *Bind) trouble(peer string) {
+	if b.cfg.OnTrouble != nil {
+		go b.cfg.OnTrouble(peer)
 	}
 }

@@ -215,6 +215,9 @@ func (s *stream) readLoop(q chan relayed, closed chan struct{}) {
 		if n < 4 || isProbe(buf[:n]) {
 			continue // not a WireGuard message
 		}
+		if s.ep.direct.Load() != nil {
+			s.ep.relayIn.Store(true)
+		}
 		select {
 		case q <- relayed{ep: s.ep, pkt: append([]byte(nil), buf[:n]...), stream: true}:
 		case <-closed:

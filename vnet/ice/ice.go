@@ -48,10 +48,12 @@ type Config struct {
 	// Exclude reports addresses never to use as candidates, ours or the
 	// peer's (the overlay's subnet). Loopback is always excluded.
 	Exclude func(netip.Addr) bool
-	// Attempt bounds one attempt (default 8 s); Backoff is the least time
-	// between attempts toward a peer after one failed (default 10 s).
-	Attempt, Backoff time.Duration
-	Logger           *slog.Logger
+	// Attempt bounds one attempt (default 5 s: checks across a 300 ms
+	// round trip end well within it). After a failed attempt the next one
+	// toward that peer waits Backoff (default 2 s), doubled after each
+	// further failure up to MaxBackoff (default 60 s).
+	Attempt, Backoff, MaxBackoff time.Duration
+	Logger                       *slog.Logger
 }
 
 // Agents runs the ICE sessions of one host.
@@ -70,8 +72,21 @@ type Agents struct {
 }
 
 type failure struct {
-	at  time.Time
-	why string
+	at    time.Time
+	why   string
+	count int // failures in a row
+}
+
+// wait returns how long after f the next attempt may start.
+func (a *Agents) wait(f failure) time.Duration {
+	if f.count == 0 {
+		return 0
+	}
+	d := a.cfg.Backoff
+	for i := 1; i < f.count && d < a.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	return min(d, a.cfg.MaxBackoff)
 }
 
 type session struct {
@@ -95,10 +110,13 @@ func New(cfg Config) (*Agents, error) {
 		return nil, errors.New("ice: Self, Port, Send, Signal and OnPath are required")
 	}
 	if cfg.Attempt == 0 {
-		cfg.Attempt = 8 * time.Second
+		cfg.Attempt = 5 * time.Second
 	}
 	if cfg.Backoff == 0 {
-		cfg.Backoff = 10 * time.Second
+		cfg.Backoff = 2 * time.Second
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 60 * time.Second
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -172,7 +190,7 @@ func (a *Agents) Connect(peer string) {
 		return
 	}
 	a.mu.Lock()
-	if a.closed || a.sessions[peer] != nil || time.Since(a.failed[peer].at) < a.cfg.Backoff {
+	if f := a.failed[peer]; a.closed || a.sessions[peer] != nil || time.Since(f.at) < a.wait(f) {
 		a.mu.Unlock()
 		return
 	}
@@ -305,6 +323,9 @@ func (a *Agents) newSessionLocked(peer string, gen uint64, controlling bool) (*s
 		s.mu.Lock()
 		s.selected = ap
 		s.mu.Unlock()
+		a.mu.Lock()
+		delete(a.failed, peer) // backoff starts over
+		a.mu.Unlock()
 		a.log.Info("ice pair selected", "peer", peer, "local", local.String(), "remote", remote.String())
 		a.cfg.OnPath(peer, ap, kind)
 	})
@@ -424,7 +445,7 @@ func (a *Agents) fail(peer string, s *session, why string) {
 		return
 	}
 	delete(a.sessions, peer)
-	a.failed[peer] = failure{at: time.Now(), why: why}
+	a.failed[peer] = failure{at: time.Now(), why: why, count: a.failed[peer].count + 1}
 	a.mu.Unlock()
 	a.log.Info("ice attempt ended", "peer", peer, "why", why)
 	if s != nil {

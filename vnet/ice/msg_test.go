@@ -79,3 +79,12 @@ func FuzzParseMessage(f *testing.F) {
 		}
 	})
 }
+
+func TestBackoff(t *testing.T) {
+	a := &Agents{cfg: Config{Backoff: 5e9, MaxBackoff: 60e9}}
+	for count, want := range map[int]float64{0: 0, 1: 5, 2: 10, 3: 20, 4: 40, 5: 60, 9: 60} {
+		if got := a.wait(failure{count: count}).Seconds(); got != want {
+			t.Errorf("after %d failures: wait %vs, want %vs", count, got, want)
+		}
+	}
+}
