@@ -447,6 +447,11 @@ func (c *Certifier) evaluate(ctx context.Context, w *work) error {
 		c.finish(w, StatusFailed, fmt.Sprintf("%d tasks failed", w.fails))
 		return nil
 	}
+	if limit := 2*(3*c.cfg.Replicas+c.cfg.MaxReplicas) + c.cfg.MaxFailures; w.tasks > limit {
+		// The scheduler keeps placing tasks where their results cannot count.
+		c.finish(w, StatusFailed, fmt.Sprintf("%d tasks submitted without enough usable results (hosts already used or blacklisted)", w.tasks))
+		return nil
+	}
 	valid := c.valid(w, 0)
 	switch {
 	case w.check:

@@ -398,3 +398,31 @@ func TestConfigValidate(t *testing.T) {
 		t.Errorf("zero config: %v", err)
 	}
 }
+
+func TestSchedulerIgnoringExclusionsEndsTheJob(t *testing.T) {
+	// A scheduler that always answers from the same host: after the first
+	// result every further one is a duplicate and is discarded.
+	p := &certifytest.Pool{Names: []string{"a", "b", "c"}, Answer: liars()}
+	c, err := certify.New(stuck{p}, certify.NewState(), certify.Config{Replicas: 2, Window: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := c.Run(context.Background(), jobs(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Failed != 1 || !strings.Contains(rep.Results[0].Reason, "without enough usable results") || rep.Discarded == 0 {
+		t.Fatalf("report %+v %+v: want the job failed after discarded duplicates", rep, rep.Results)
+	}
+}
+
+// stuck runs every task on host "a", whatever it was told to exclude.
+type stuck struct{ *certifytest.Pool }
+
+func (s stuck) Run(_ context.Context, tasks []certify.Task) ([]certify.Result, error) {
+	out := make([]certify.Result, len(tasks))
+	for i, tk := range tasks {
+		out[i] = certify.Result{Task: tk.ID, Host: "a", Output: []byte(correct(tk.Command))}
+	}
+	return out, nil
+}

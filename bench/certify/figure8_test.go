@@ -23,14 +23,15 @@ const (
 
 type policy struct {
 	name    string
+	short   string // in the chart's legend
 	cfg     certify.Config
 	collude bool
 }
 
 var (
-	spotOnly = policy{name: "spot-checks only (1 replica)", cfg: certify.Config{Replicas: 1, SpotEvery: spotEvery}}
-	voting   = policy{name: "voting m+1=2 + spot-checks", cfg: certify.Config{Replicas: 2, SpotEvery: spotEvery}}
-	cred01   = policy{name: "credibility eps=0.01 + spot-checks", cfg: certify.Config{Policy: certify.PolicyCredibility, TargetError: 0.01, SpotEvery: spotEvery}}
+	spotOnly = policy{name: "spot-checks only (1 replica)", short: "spot-checks only", cfg: certify.Config{Replicas: 1, SpotEvery: spotEvery}}
+	voting   = policy{name: "voting m+1=2 + spot-checks", short: "voting", cfg: certify.Config{Replicas: 2, SpotEvery: spotEvery}}
+	cred01   = policy{name: "credibility eps=0.01 + spot-checks", short: "credibility", cfg: certify.Config{Policy: certify.PolicyCredibility, TargetError: 0.01, SpotEvery: spotEvery}}
 	cred05   = policy{name: "credibility eps=0.05 + spot-checks", cfg: certify.Config{Policy: certify.PolicyCredibility, TargetError: 0.05, SpotEvery: spotEvery}}
 )
 
@@ -53,7 +54,7 @@ func figure8(b *testing.B, dir string) error {
 	}
 	// 1. Jobs executed until every saboteur is caught (runs stop then).
 	chart := plot.Chart{
-		Title:  fmt.Sprintf("Saboteurs detected: %d hosts, %d saboteurs, a spot-check every %d jobs (median of %d runs)", hosts, saboteurs, spotEvery, seeds),
+		Title:  fmt.Sprintf("%d hosts, %d saboteurs, spot-check every %d jobs, %d runs", hosts, saboteurs, spotEvery, seeds),
 		XLabel: "jobs executed (every task: replicas, re-runs and spot-checks)", YLabel: "saboteurs blacklisted", LogX: true,
 	}
 	var curveRows, runRows, polRows [][]string
@@ -71,15 +72,15 @@ func figure8(b *testing.B, dir string) error {
 			xs, ys = append(xs, s.Curve[i]), append(ys, float64(i+1))
 			curveRows = append(curveRows, []string{p.name, strconv.Itoa(i + 1), f(s.Curve[i]), f(s.CurveP10[i]), f(s.CurveP90[i])})
 		}
-		chart.Series = append(chart.Series, plot.Series{Name: p.name + " (median)", X: xs, Y: ys})
+		chart.Series = append(chart.Series, plot.Series{Name: p.short + " median", X: xs, Y: ys})
 		if p.name == spotOnly.name || p.name == voting.name {
 			var lo, hi []float64
 			for i := range s.Curve {
 				lo, hi = append(lo, s.CurveP10[i]), append(hi, s.CurveP90[i])
 			}
 			chart.Series = append(chart.Series,
-				plot.Series{Name: p.name + " (p10)", X: lo, Y: ys},
-				plot.Series{Name: p.name + " (p90)", X: hi, Y: ys})
+				plot.Series{Name: p.short + " p10", X: lo, Y: ys},
+				plot.Series{Name: p.short + " p90", X: hi, Y: ys})
 		}
 		for _, o := range outs {
 			runRows = append(runRows, []string{p.name, strconv.FormatUint(o.Seed, 10), strconv.Itoa(o.AllDetectedAt),
