@@ -3,6 +3,7 @@
 package ttcp
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,13 @@ type Dialer struct {
 	Iptables string
 	// Logger gets debug lines; nil: discard.
 	Logger *slog.Logger
+	// Resend is the interval at which, for the first second after the
+	// description was sent, a copy of the captured SYN (same ISN and
+	// options, through a raw socket) goes out again, so that the SYN
+	// crosses a server's router as soon as the server's opening SYN
+	// (ServerConfig.OpenTTL) has opened it, rather than at the kernel's
+	// first retransmission after 1 s. 0: 50 ms; negative: never.
+	Resend time.Duration
 
 	mu   sync.Mutex // guards busy
 	busy map[uint16]bool
@@ -124,7 +132,11 @@ func (d *Dialer) Dial(ctx context.Context, remote netip.AddrPort, send func(cont
 
 	dctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	syns := make(chan SYN, 1)
+	type captured struct {
+		syn    SYN
+		packet []byte
+	}
+	syns := make(chan captured, 1)
 	err = nf.RegisterWithErrorFunc(dctx, func(a nfqueue.Attribute) int {
 		if a.PacketID == nil {
 			return 0
@@ -132,7 +144,7 @@ func (d *Dialer) Dial(ctx context.Context, remote netip.AddrPort, send func(cont
 		if a.Payload != nil {
 			if s, err := SYNFromPacket(*a.Payload); err == nil {
 				select {
-				case syns <- s:
+				case syns <- captured{s, bytes.Clone(*a.Payload)}:
 				default: // a retransmission: already described
 				}
 			}
@@ -194,22 +206,54 @@ func (d *Dialer) Dial(ctx context.Context, remote netip.AddrPort, send func(cont
 		return nil
 	}
 
+	resend, raw := d.Resend, -1
+	if resend == 0 {
+		resend = 50 * time.Millisecond
+	}
+	if resend > 0 {
+		if raw, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW); err != nil {
+			return nil, fmt.Errorf("ttcp dial %v: raw socket: %w", remote, err)
+		}
+		defer unix.Close(raw)
+	}
+
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel(nil) // runs before wg.Wait
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		var c captured
 		select {
-		case s := <-syns:
-			if d.Public.IsValid() {
-				s.Src = netip.AddrPortFrom(d.Public, s.Src.Port())
-			}
-			log.Debug("ttcp: captured SYN", "syn", s)
-			if err := send(dctx, s); err != nil {
-				cancel(fmt.Errorf("sending the SYN description: %w", err))
-			}
+		case c = <-syns:
 		case <-dctx.Done():
+			return
+		}
+		s := c.syn
+		if d.Public.IsValid() {
+			s.Src = netip.AddrPortFrom(d.Public, s.Src.Port())
+		}
+		log.Debug("ttcp: captured SYN", "syn", s)
+		if err := send(dctx, s); err != nil {
+			cancel(fmt.Errorf("sending the SYN description: %w", err))
+			return
+		}
+		if raw < 0 {
+			return
+		}
+		t := time.NewTicker(resend)
+		defer t.Stop()
+		end := time.After(time.Second)
+		sa := &unix.SockaddrInet4{Addr: remote.Addr().As4()}
+		for {
+			select {
+			case <-t.C:
+				_ = unix.Sendto(raw, c.packet, 0, sa)
+			case <-end:
+				return
+			case <-dctx.Done():
+				return
+			}
 		}
 	}()
 
