@@ -223,6 +223,39 @@ func TestSlurmBLASTSaboteurs(t *testing.T) {
 	if credited <= 0 {
 		t.Errorf("no CPU seconds credited to any host")
 	}
+	// A second run with the same state: Slurm's --exclude keeps the
+	// blacklisted nodes out, so nothing disagrees and nobody is new on
+	// the blacklist.
+	lines, err := os.ReadFile(jobFile)
+	must(t, err)
+	second := filepath.Join(work, "second.jobs")
+	must(t, os.WriteFile(second, []byte(strings.Join(strings.SplitAfter(string(lines), "\n")[:6], "")), 0o644))
+	report2 := filepath.Join(dir, "report2.json")
+	out, err = ctl.Run(ctx, bin, "run", "--scheduler", "slurm", "--slurm-conf", pool.conf, "--slurm-wrapper", wrapper,
+		"--slurm-poll", "100ms", "--spot-every", "0", "--state", state, "--report", report2, "--out", "", second)
+	t.Logf("second pvc-certify run:\n%s", out)
+	must(t, err)
+	var rep2 struct {
+		Accepted, Rerun int
+		Blacklisted     []string
+		Results         []struct {
+			Job   string
+			Hosts []string
+		}
+	}
+	data, err = os.ReadFile(report2)
+	must(t, err)
+	must(t, json.Unmarshal(data, &rep2))
+	if rep2.Accepted != 6 || rep2.Rerun != 0 || len(rep2.Blacklisted) != 0 {
+		t.Errorf("second run: %d accepted, %d re-run, blacklisted %v: want 6, 0, none", rep2.Accepted, rep2.Rerun, rep2.Blacklisted)
+	}
+	for _, r := range rep2.Results {
+		for _, h := range r.Hosts {
+			if slices.Contains(saboteurs, h) {
+				t.Errorf("second run: job %s ran on blacklisted %s", r.Job, h)
+			}
+		}
+	}
 	t.Logf("BLAST on Slurm: %d jobs accepted, %d tasks run (%d replicas for jobs, %.2f per accepted result, %d re-runs, %d spot-checks of which %d failed), saboteurs %v blacklisted, %.1f s certifying, %v in all",
 		rep.Accepted, rep.TasksRun, rep.ReplicaTasks, rep.ReplicasPerAccepted, rep.Rerun, rep.Checks, rep.ChecksFailed,
 		rep.Blacklisted, rep.ElapsedSeconds, time.Since(begin).Round(time.Millisecond))
