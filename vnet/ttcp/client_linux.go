@@ -186,7 +186,7 @@ func (d *Dialer) Dial(ctx context.Context, remote netip.AddrPort, send func(cont
 			return fmt.Errorf("bind: %w", berr)
 		}
 		lp := strconv.Itoa(lport)
-		for _, r := range []rule{
+		rs := []rule{
 			{table: "mangle", chain: "OUTPUT", spec: []string{"-p", "tcp", "--syn", "-d", rip, "--dport", rport, "--sport", lp,
 				"-m", "comment", "--comment", "pvc-ttcp capture", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(q)), "--queue-bypass"}},
 			{table: "filter", chain: "INPUT", spec: []string{"-p", "tcp", "-s", rip, "--sport", rport, "--dport", lp,
@@ -197,12 +197,11 @@ func (d *Dialer) Dial(ctx context.Context, remote netip.AddrPort, send func(cont
 			// would.
 			{table: "filter", chain: "INPUT", spec: []string{"-p", "tcp", "-s", rip, "--sport", rport, "--dport", lp,
 				"--tcp-flags", "SYN,ACK", "SYN", "-m", "comment", "--comment", "pvc-ttcp setup", "-j", "DROP"}},
-		} {
-			if err := addRule(prog, r); err != nil {
-				return err
-			}
-			rules = append(rules, r)
 		}
+		if err := addRules(prog, rs); err != nil {
+			return err
+		}
+		rules = rs
 		return nil
 	}
 

@@ -7,11 +7,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/pvc-project/pvc/broker/brokertest"
 	"github.com/pvc-project/pvc/e2e/netlab"
 	"github.com/pvc-project/pvc/vnet/ttcp"
 )
@@ -195,6 +197,7 @@ func TestTraversingTCPBehindNATWithOpeningSYN(t *testing.T) {
 		{Name: "cli", Kind: netlab.Cone},
 	}})
 	srv, cli := lab.Site("srv").Hosts[0], lab.Site("cli").Hosts[0]
+	before := runtime.NumGoroutine()
 	var plain, open *ttcp.Server
 	if err := srv.Do(func() error {
 		var err error
@@ -224,4 +227,9 @@ func TestTraversingTCPBehindNATWithOpeningSYN(t *testing.T) {
 	if want := ttcp.Crosses("udp-blocked", "cone", true) && !ttcp.Crosses("udp-blocked", "cone", false); !want {
 		t.Error("Crosses disagrees with this test")
 	}
+	// Every goroutine of the dials and servers ends with them.
+	if err := errors.Join(plain.Close(), open.Close()); err != nil {
+		t.Error(err)
+	}
+	brokertest.CheckGoroutines(t, before)
 }

@@ -142,12 +142,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 			rule{table: "mangle", chain: "OUTPUT", spec: []string{"-p", "tcp", "--tcp-flags", "SYN,ACK,RST,FIN", "SYN,ACK",
 				"-m", "comment", "--comment", "pvc-ttcp SYN/ACK hold", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(s.cfg.Queue)), "--queue-bypass"}})
 	}
-	for _, r := range rules {
-		if err := addRule(cfg.Iptables, r); err != nil {
-			return nil, fmt.Errorf("ttcp server: %w", err)
-		}
-		s.rules = append(s.rules, r)
+	if err := addRules(cfg.Iptables, rules); err != nil {
+		return nil, fmt.Errorf("ttcp server: %w", err)
 	}
+	s.rules = rules
 	ok = true
 	return s, nil
 }

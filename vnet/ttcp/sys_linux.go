@@ -4,7 +4,6 @@ package ttcp
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -44,8 +43,8 @@ func available(iptables string) error {
 	} else {
 		f.Close()
 	}
-	if _, err := exec.LookPath(iptables); err != nil {
-		missing = append(missing, "the "+iptables+" program")
+	if _, err := exec.LookPath(iptables + "-restore"); err != nil {
+		missing = append(missing, "the "+iptables+"-restore program")
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("%w: missing %s", ErrUnavailable, strings.Join(missing, ", "))
@@ -63,33 +62,50 @@ func (r rule) String() string {
 	return fmt.Sprintf("-t %s %s %s", r.table, r.chain, strings.Join(r.spec, " "))
 }
 
-// iptables runs the iptables program in the calling thread's network
-// namespace (the child inherits it).
-func iptables(prog string, args ...string) error {
+// restore applies rules with one run of PROG-restore --noflush, inserting
+// (op "-I") or deleting (op "-D") them, all or none. It runs in the calling
+// thread's network namespace (the child inherits it).
+func restore(prog, op string, rs []rule) error {
+	if len(rs) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	for i := 0; i < len(rs); {
+		t := rs[i].table
+		fmt.Fprintf(&b, "*%s\n", t)
+		for ; i < len(rs) && rs[i].table == t; i++ {
+			b.WriteString(op + " " + rs[i].chain)
+			for _, a := range rs[i].spec {
+				if strings.ContainsAny(a, " \t") {
+					a = `"` + a + `"`
+				}
+				b.WriteString(" " + a)
+			}
+			b.WriteString("\n")
+		}
+		b.WriteString("COMMIT\n")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, prog, append([]string{"-w", "5"}, args...)...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, prog+"-restore", "-w", "5", "--noflush")
+	cmd.Stdin = strings.NewReader(b.String())
+	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s %s: %w: %s", prog, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("%s-restore %s: %w: %s (input: %q)", prog, op, err, strings.TrimSpace(string(out)), b.String())
 	}
 	return nil
 }
 
-func addRule(prog string, r rule) error {
-	return iptables(prog, append([]string{"-t", r.table, "-I", r.chain}, r.spec...)...)
-}
+// addRules inserts rules, all or none.
+func addRules(prog string, rs []rule) error { return restore(prog, "-I", rs) }
 
-func delRule(prog string, r rule) error {
-	return iptables(prog, append([]string{"-t", r.table, "-D", r.chain}, r.spec...)...)
-}
-
-// delRules deletes rules in reverse order and joins the errors.
+// delRules deletes rules, in reverse order.
 func delRules(prog string, rs []rule) error {
-	var errs []error
-	for i := len(rs) - 1; i >= 0; i-- {
-		errs = append(errs, delRule(prog, rs[i]))
+	rev := make([]rule, len(rs))
+	for i, r := range rs {
+		rev[len(rs)-1-i] = r
 	}
-	return errors.Join(errs...)
+	return restore(prog, "-D", rev)
 }
 
 // threadNS opens the calling thread's network namespace, so that later
