@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -265,37 +264,5 @@ func TestRelayFairShare(t *testing.T) {
 		if share := float64(g[name]) / float64(total); share < 0.4 || share > 0.6 {
 			t.Errorf("two flooding senders: %s has a share of %.2f, want 0.4-0.6 (%v)", name, share, g)
 		}
-	}
-}
-
-// TestHandshakeSlots: connections that never finish their handshake hold
-// at most their source address's slots: a peer from another address gets
-// in at once.
-func TestHandshakeSlots(t *testing.T) {
-	l := brokertest.Start(t, brokertest.Options{Limits: server.Limits{Handshakes: 3, HandshakesPerSource: 2, HandshakeTimeout: 3 * time.Second}})
-	ctx := brokertest.Ctx(t, 20*time.Second)
-	for range 3 { // silent: they hold 127.0.0.1's two slots, the third waits
-		c, err := net.Dial("tcp", l.Brokers[0].Addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-	}
-	time.Sleep(100 * time.Millisecond)
-	p := l.Peer("other")
-	c, err := client.New(client.Config{Bundle: l.Bundle, Cert: p.Cert.Encode(), Key: p.Key,
-		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
-			return d.DialContext(ctx, network, addr)
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	if err := c.Probe(ctx, l.Bundle.Brokers[0]); err != nil {
-		t.Fatalf("a peer from another address: %v", err)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("a peer from another address waited %v for a handshake slot", d)
 	}
 }

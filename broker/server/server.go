@@ -60,13 +60,6 @@ type Limits struct {
 	HandshakeTimeout time.Duration // 0: 10 s
 	EnrollTimeout    time.Duration // 0: 30 s
 	ReplicaRetry     time.Duration // first retry of a lost replica link; 0: 500 ms (then doubling to 10 s)
-	// Handshakes bounds the TLS handshakes and authentications in progress
-	// at once (the others wait, up to HandshakeTimeout), so that a storm of
-	// new connections does not starve established sessions of CPU; 0: 64.
-	// HandshakesPerSource bounds those of one source address, so that a
-	// few silent connections cannot hold every slot; 0: 8.
-	Handshakes          int
-	HandshakesPerSource int
 }
 
 func (l *Limits) fill() {
@@ -97,8 +90,6 @@ func (l *Limits) fill() {
 	defd(&l.HandshakeTimeout, 10*time.Second)
 	defd(&l.EnrollTimeout, 30*time.Second)
 	defd(&l.ReplicaRetry, 500*time.Millisecond)
-	def(&l.Handshakes, 64)
-	def(&l.HandshakesPerSource, 8)
 }
 
 // Listeners are the sockets a broker serves; TCP is required.
@@ -116,9 +107,8 @@ type Server struct {
 	pub     ed25519.PublicKey
 	tls     *tls.Config
 	metrics *metrics
-	conns   *limiter      // new connections per source IP
-	enrolls *limiter      // enrollments per source IP
-	hs      chan struct{} // one token per handshake in progress (Limits.Handshakes)
+	conns   *limiter // new connections per source IP
+	enrolls *limiter // enrollments per source IP
 
 	mu       sync.Mutex
 	clusters map[string]*cluster
@@ -127,7 +117,6 @@ type Server struct {
 	pending  map[uint64]*enrollWait          // enrollment requests in flight
 	tokens   map[[proto.IDSize]byte]*session // peer sessions by UDP relay token
 	nsess    int                             // connections past the TCP accept
-	hsBySrc  map[netip.Addr]*srcSlots        // handshake slots per source address, while in use
 	open     map[net.Conn]bool               // every accepted connection, closed at shutdown
 	state    runState
 
@@ -199,10 +188,9 @@ func New(cfg Config) (*Server, error) {
 		metrics:  newMetrics(),
 		conns:    newLimiter(cfg.Limits.ConnRate, 4*cfg.Limits.ConnRate),
 		enrolls:  newLimiter(cfg.Limits.EnrollRate, 10),
-		hs:       make(chan struct{}, cfg.Limits.Handshakes),
 		clusters: map[string]*cluster{}, sessions: map[uint64]*session{},
 		replicas: map[uint64]*session{}, pending: map[uint64]*enrollWait{},
-		tokens: map[[proto.IDSize]byte]*session{}, open: map[net.Conn]bool{}, hsBySrc: map[netip.Addr]*srcSlots{},
+		tokens: map[[proto.IDSize]byte]*session{}, open: map[net.Conn]bool{},
 	}
 	if err := s.loadState(); err != nil {
 		return nil, err

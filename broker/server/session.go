@@ -321,76 +321,13 @@ func certReason(err error) string {
 	return "invalid"
 }
 
-// srcSlots are the handshake slots of one source address.
-type srcSlots struct {
-	ch    chan struct{}
-	users int // connections holding or waiting for one; guarded by Server.mu
-}
-
-// handshakeSlot waits until deadline for a handshake slot of the source
-// address and one of the broker; release gives both back (it may be called
-// more than once). ok is false if none came in time (logged and counted).
-func (s *Server) handshakeSlot(ctx context.Context, src netip.Addr, deadline time.Time) (release func(), ok bool) {
-	lim := s.cfg.Limits
-	s.mu.Lock()
-	e := s.hsBySrc[src]
-	if e == nil {
-		e = &srcSlots{ch: make(chan struct{}, lim.HandshakesPerSource)}
-		s.hsBySrc[src] = e
-	}
-	e.users++
-	s.mu.Unlock()
-	var held []chan struct{}
-	done := false
-	release = func() {
-		if done {
-			return
-		}
-		done = true
-		for _, ch := range held {
-			<-ch
-		}
-		s.mu.Lock()
-		if e.users--; e.users == 0 {
-			delete(s.hsBySrc, src)
-		}
-		s.mu.Unlock()
-	}
-	wait := time.NewTimer(time.Until(deadline))
-	defer wait.Stop()
-	for _, ch := range []chan struct{}{e.ch, s.hs} {
-		select {
-		case ch <- struct{}{}:
-			held = append(held, ch)
-		case <-wait.C:
-			release()
-			s.metrics.refused("limit")
-			s.log.Warn(fmt.Sprintf("refused connection from %s: no handshake slot within %v", src, lim.HandshakeTimeout))
-			return nil, false
-		case <-ctx.Done():
-			release()
-			return nil, false
-		}
-	}
-	return release, true
-}
-
 // serveConn runs the handshake, then the session's reader; it returns when
 // the session ends.
 func (s *Server) serveConn(ctx context.Context, c net.Conn, src netip.AddrPort) {
 	lim := s.cfg.Limits
 	tc := tls.Server(c, s.tls)
 	defer tc.Close()
-	deadline := time.Now().Add(lim.HandshakeTimeout)
-	// Wait for a handshake slot, one of the source's and one of all:
-	// established sessions keep the CPU they need while many connect at
-	// once, and a few silent connections cannot hold every slot.
-	release, ok := s.handshakeSlot(ctx, src.Addr(), deadline)
-	if !ok {
-		return
-	}
-	defer release()
-	tc.SetDeadline(deadline)
+	tc.SetDeadline(time.Now().Add(lim.HandshakeTimeout))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		s.log.Info(fmt.Sprintf("tls handshake failed from %s: %v", src, err))
 		return
@@ -464,7 +401,6 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, src netip.AddrPort) 
 	if err := proto.WriteMessage(tc, &proto.Welcome{Session: ss.id, Time: s.cfg.Now().UnixNano(), RelayToken: ss.token}); err != nil {
 		return
 	}
-	release()
 	s.log.Info("session", "role", ss.role, "name", ss.name, "cluster", hello.Cluster, "addr", src)
 	if ss.role == proto.RolePeer {
 		// A verified certificate is a registry object like any other: a
