@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -189,7 +188,7 @@ func buildCertify(t *testing.T, dir string) string {
 	t.Helper()
 	gobin, err := exec.LookPath("go")
 	if err != nil {
-		gobin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		gobin = "/usr/local/go/bin/go" // where the machine image ships it (README)
 	}
 	bin := filepath.Join(dir, "pvc-certify")
 	cmd := exec.Command(gobin, "build", "-o", bin, "github.com/pvc-project/pvc/certify/cmd/pvc-certify")
