@@ -197,6 +197,28 @@ func (f *runFlags) config() (certify.Config, error) {
 	if f.state == "" {
 		return cfg, cli.Usagef("run: --state: want a file name")
 	}
+	for _, c := range []struct{ flag, path string }{{"--state", f.state}, {"--report", f.report}} {
+		if c.path == "" {
+			continue
+		}
+		if st, err := os.Stat(c.path); err == nil && st.IsDir() {
+			return cfg, cli.Usagef("run: %s %s: is a directory, want a file", c.flag, c.path)
+		}
+		if st, err := os.Stat(filepath.Dir(c.path)); err != nil || !st.IsDir() {
+			return cfg, cli.Usagef("run: %s %s: its directory does not exist", c.flag, c.path)
+		}
+	}
+	for _, c := range []struct{ flag, path string }{{"--out", f.out}, {"--slurm-workdir", f.slurmWorkdir}} {
+		if st, err := os.Stat(c.path); c.path != "" && err == nil && !st.IsDir() {
+			return cfg, cli.Usagef("run: %s %s: not a directory", c.flag, c.path)
+		}
+	}
+	if f.slurmPartition != "" && !certify.ValidHostName(f.slurmPartition) {
+		return cfg, cli.Usagef("run: --slurm-partition %q: want a partition name without spaces or commas", f.slurmPartition)
+	}
+	if f.slurmWrapper != "" && strings.TrimSpace(f.slurmWrapper) == "" {
+		return cfg, cli.Usagef("run: --slurm-wrapper: blank")
+	}
 	return cfg, nil
 }
 
