@@ -26,7 +26,8 @@ const DefaultQueue = 7300
 
 // Dialer opens Traversing-TCP connections from this host. The zero value
 // works; a Dialer may be used by several goroutines at once (each dial
-// takes its own queue number).
+// takes its own queue number). Use one Dialer per network namespace, or
+// give each a range of queue numbers of its own.
 type Dialer struct {
 	// Public is this host's public address as the server sees it (after
 	// this site's NAT, e.g. as a broker observed it); zero: the captured

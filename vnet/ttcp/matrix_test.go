@@ -233,3 +233,51 @@ func TestTraversingTCPBehindNATWithOpeningSYN(t *testing.T) {
 	}
 	brokertest.CheckGoroutines(t, before)
 }
+
+// TestServerLifecycle: Close is idempotent and removes the device, Inject
+// refuses after Close and refuses bad endpoints before, and a second
+// Server with the same device name in the same namespace fails cleanly.
+func TestServerLifecycle(t *testing.T) {
+	lab := netlab.New(t, netlab.Spec{Sites: []netlab.SiteSpec{{Name: "p", Kind: netlab.Public}}})
+	h := lab.Site("p").Hosts[0]
+	var s *ttcp.Server
+	if err := h.Do(func() error {
+		var err error
+		if s, err = ttcp.NewServer(ttcp.ServerConfig{OpenTTL: 2}); err != nil {
+			return err
+		}
+		if s2, err := ttcp.NewServer(ttcp.ServerConfig{}); err == nil {
+			s2.Close()
+			return errors.New("a second server with the same TUN name was created")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	syn := ttcp.SYN{Src: netip.MustParseAddrPort("203.0.113.50:40000"), Dst: netip.AddrPortFrom(h.Addr, 7001), WScale: -1}
+	if err := s.Inject(syn, netip.AddrPortFrom(h.Addr, 0)); err == nil {
+		t.Error("Inject accepted local port 0")
+	}
+	if err := s.Inject(ttcp.SYN{}, netip.AddrPortFrom(h.Addr, 7001)); !errors.Is(err, ttcp.ErrBadSYN) {
+		t.Errorf("Inject of an empty description: %v", err)
+	}
+	if err := s.Inject(syn, netip.AddrPortFrom(h.Addr, 7001)); err != nil {
+		t.Error(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Error(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if err := s.Inject(syn, netip.AddrPortFrom(h.Addr, 7001)); !errors.Is(err, ttcp.ErrClosed) {
+		t.Errorf("Inject after Close: %v", err)
+	}
+	out, err := h.Run(context.Background(), "sh", "-c", "iptables-save; ip -o link")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "pvc-ttcp") || strings.Contains(out, ttcp.DefaultTUN) {
+		t.Errorf("left behind:\n%s", out)
+	}
+}

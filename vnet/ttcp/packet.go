@@ -119,9 +119,9 @@ func SYNFromPacket(p []byte) (SYN, error) {
 }
 
 // Packet builds the IPv4 packet of the SYN that s describes, from src to
-// dst (which replace s.Src and s.Dst when valid: the server injects the
-// SYN toward its own local address, not the public one the client saw),
-// with the given TTL, and correct IP and TCP checksums.
+// dst instead of s.Src and s.Dst (the server injects the SYN toward its
+// own local address, not the public one the client saw), with the given
+// TTL, and correct IP and TCP checksums.
 func (s SYN) Packet(src, dst netip.AddrPort, ttl uint8) []byte {
 	var opts []byte
 	if s.MSS != 0 {

@@ -68,7 +68,8 @@ const flowMark = 0x00400000
 
 // Server injects described SYNs into the local IP stack. The listening
 // socket is the caller's ordinary TCP listener; the connection appears
-// there as an accepted net.Conn.
+// there as an accepted net.Conn. Use one Server per network namespace (or
+// give each its own TUN name and, with OpenTTL, its own Queue).
 type Server struct {
 	cfg   ServerConfig
 	ns    *os.File // the namespace the server was made in (for Close)
@@ -140,7 +141,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 			rule{table: "raw", chain: "OUTPUT", spec: []string{"-p", "tcp", "-m", "mark", "--mark", strconv.Itoa(openMark),
 				"-m", "comment", "--comment", "pvc-ttcp opening SYN", "-j", "CT", "--notrack"}},
 			rule{table: "mangle", chain: "OUTPUT", spec: []string{"-p", "tcp", "--tcp-flags", "SYN,ACK,RST,FIN", "SYN,ACK",
-				"-m", "comment", "--comment", "pvc-ttcp SYN/ACK hold", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(s.cfg.Queue)), "--queue-bypass"}})
+				"-m", "connmark", "--mark", mark, "-m", "comment", "--comment", "pvc-ttcp SYN/ACK hold", "-j", "NFQUEUE", "--queue-num", strconv.Itoa(int(s.cfg.Queue)), "--queue-bypass"}})
 	}
 	if err := addRules(cfg.Iptables, rules); err != nil {
 		return nil, fmt.Errorf("ttcp server: %w", err)
@@ -181,8 +182,8 @@ func (s *Server) openHold() error {
 	})
 }
 
-// hold sees every SYN/ACK this host sends (with OpenTTL). The first one
-// of an injected flow is replaced by the opening SYN; the rest pass.
+// hold sees the SYN/ACKs of injected flows (with OpenTTL). The first one
+// of a pending flow is replaced by the opening SYN; the rest pass.
 func (s *Server) hold(a nfqueue.Attribute) int {
 	if a.PacketID == nil {
 		return 0
