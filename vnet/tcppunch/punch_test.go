@@ -10,8 +10,11 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
+
+	"github.com/pvc-project/pvc/broker/brokertest"
 )
 
 // exchange sends size random bytes each way over a and b at once and
@@ -64,6 +67,7 @@ type result struct {
 // Both ends punch on loopback at once: the kernel completes the crossing
 // SYNs (or one listener accepts), and both ends hold the same connection.
 func TestPunchLoopback(t *testing.T) {
+	defer brokertest.CheckGoroutines(t, runtime.NumGoroutine())
 	a, b := freePort(t), freePort(t)
 	ra, rb := make(chan result, 1), make(chan result, 1)
 	go func() { c, err := Punch(t.Context(), a, b); ra <- result{c, err} }()
@@ -109,6 +113,7 @@ func TestPunchAcceptsPlainDial(t *testing.T) {
 func TestPunchTimesOut(t *testing.T) {
 	// Nobody at the other end, which refuses: attempts repeat until the
 	// context ends.
+	defer brokertest.CheckGoroutines(t, runtime.NumGoroutine())
 	a, b := freePort(t), freePort(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
 	defer cancel()
