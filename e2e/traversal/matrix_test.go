@@ -21,20 +21,23 @@ var kinds = []netlab.Kind{netlab.Public, netlab.HostFW, netlab.Firewall, netlab.
 // expected is the path the initiator (row) has to the target (column) once
 // traffic has flowed, as `pvcd peers` names it on the initiator. It says
 // whose address answers: "direct" is the target's own address (a public
-// host, or a firewall both sides punched), "punched" a hole ICE punched in
-// the target's NAT, "upnp" the target's mapped port; "ttcp" and
-// "tcp-punch" are the TCP techniques for sites that block UDP; "relay"
-// only where no technique can work in theory: a symmetric NAT (a new port
-// per destination) against anything that filters by port.
+// host, or a firewall both sides punched; over TCP when one side blocks
+// UDP), "punched" a hole ICE punched in the target's NAT, "upnp" the
+// target's mapped port, "ttcp" Traversing-TCP (tried before TCP
+// simultaneous open, and it crosses every port-keeping kind as client and
+// as server: see docs/traversal.md). "relay" only where no technique can
+// work: a symmetric NAT (a new public port per destination) against
+// anything that filters by port, and against a site that blocks UDP.
 var expected = map[netlab.Kind]map[netlab.Kind]string{
+	//                 public    hostfw    firewall  cone       symmetric  udp-blocked upnp    double-nat
 	netlab.Public:     row("direct", "direct", "direct", "punched", "punched", "direct", "upnp", "punched"),
 	netlab.HostFW:     row("direct", "direct", "direct", "punched", "relay", "ttcp", "upnp", "punched"),
-	netlab.Firewall:   row("direct", "direct", "direct", "punched", "relay", "tcp-punch", "upnp", "punched"),
-	netlab.Cone:       row("direct", "direct", "direct", "punched", "relay", "tcp-punch", "upnp", "punched"),
+	netlab.Firewall:   row("direct", "direct", "direct", "punched", "relay", "ttcp", "upnp", "punched"),
+	netlab.Cone:       row("direct", "direct", "direct", "punched", "relay", "ttcp", "upnp", "punched"),
 	netlab.Symmetric:  row("direct", "relay", "relay", "relay", "relay", "relay", "upnp", "relay"),
-	netlab.UDPBlocked: row("direct", "ttcp", "tcp-punch", "tcp-punch", "relay", "tcp-punch", "tcp-punch", "tcp-punch"),
-	netlab.UPnP:       row("direct", "direct", "direct", "punched", "punched", "tcp-punch", "upnp", "punched"),
-	netlab.DoubleNAT:  row("direct", "direct", "direct", "punched", "relay", "tcp-punch", "upnp", "punched"),
+	netlab.UDPBlocked: row("direct", "ttcp", "ttcp", "ttcp", "relay", "ttcp", "ttcp", "ttcp"),
+	netlab.UPnP:       row("direct", "direct", "direct", "punched", "punched", "ttcp", "upnp", "punched"),
+	netlab.DoubleNAT:  row("direct", "direct", "direct", "punched", "relay", "ttcp", "upnp", "punched"),
 }
 
 func row(paths ...string) map[netlab.Kind]string {

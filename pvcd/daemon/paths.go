@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pvc-project/pvc/broker/client"
@@ -17,7 +18,10 @@ import (
 	"github.com/pvc-project/pvc/vnet/bind"
 	vice "github.com/pvc-project/pvc/vnet/ice"
 	"github.com/pvc-project/pvc/vnet/overlay"
+	"github.com/pvc-project/pvc/vnet/tcppunch"
+	"github.com/pvc-project/pvc/vnet/ttcp"
 	"github.com/pvc-project/pvc/vnet/upnp"
+	"golang.org/x/sys/unix"
 )
 
 // Technique names for --paths. Direct UDP to a peer's host address and the
@@ -84,11 +88,15 @@ func (t Techniques) String() string {
 // traffic meanwhile. Peers without a direct UDP path are retried every
 // retryEvery, so a path that died (NAT mapping flushed) comes back.
 type pathManager struct {
-	d    *daemon
-	o    *overlay.Overlay
-	tech Techniques
-	ice  *vice.Agents // nil: ICE off
-	tcp  net.Listener // nil: TCP off
+	d       *daemon
+	o       *overlay.Overlay
+	tech    Techniques
+	ice     *vice.Agents // nil: ICE off
+	tcp     net.Listener // nil: TCP off
+	ttcp    *ttcp.Server // nil: Traversing-TCP off (or no privilege)
+	dial    *ttcp.Dialer
+	tcpWhy  string // why the TCP techniques are off, for every peer
+	ttcpOff string // why Traversing-TCP is off
 
 	upnpExt atomic.Pointer[netip.AddrPort] // our mapped endpoint, while mapped
 	upnpWhy atomic.Pointer[string]
@@ -97,6 +105,38 @@ type pathManager struct {
 	why     map[string]map[string]string // peer → technique → why it failed
 	tcpBusy map[string]bool
 	tcpLast map[string]time.Time // last TCP attempt toward a peer
+	expect  map[netip.AddrPort]expected
+	queues  [ttcpQueues]bool // NFQUEUE numbers in use by Traversing-TCP dials
+}
+
+// Traversing-TCP dials capture their SYN on NFQUEUE numbers
+// ttcp.DefaultQueue and up, one per dial in progress.
+const ttcpQueues = 16
+
+func (m *pathManager) takeQueue() (uint16, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i, used := range m.queues {
+		if !used {
+			m.queues[i] = true
+			return ttcp.DefaultQueue + uint16(i), true
+		}
+	}
+	return 0, false
+}
+
+func (m *pathManager) giveQueue(q uint16) {
+	m.mu.Lock()
+	m.queues[q-ttcp.DefaultQueue] = false
+	m.mu.Unlock()
+}
+
+// expected is a TCP connection we wait for on the listener: from a client
+// whose SYN we injected (ttcp), or from a peer punching (tcp-punch).
+type expected struct {
+	peer  string
+	kind  bind.PathKind
+	until time.Time
 }
 
 const (
@@ -106,7 +146,8 @@ const (
 )
 
 func newPathManager(d *daemon, o *overlay.Overlay, tech Techniques) *pathManager {
-	return &pathManager{d: d, o: o, tech: tech, why: map[string]map[string]string{}, tcpBusy: map[string]bool{}, tcpLast: map[string]time.Time{}}
+	return &pathManager{d: d, o: o, tech: tech, why: map[string]map[string]string{}, tcpBusy: map[string]bool{}, tcpLast: map[string]time.Time{},
+		expect: map[netip.AddrPort]expected{}}
 }
 
 // start opens what the techniques need: ICE's agents on the shared socket
@@ -138,13 +179,30 @@ func (m *pathManager) start(ctx context.Context, run func(func())) error {
 		}
 		m.ice = a
 	}
-	if m.tech[TechTCP] {
-		ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", port))
+	if m.tech[TechTCP] || m.tech[TechTTCP] || m.tech[TechTCPPunch] {
+		// One listener for every TCP technique, on WireGuard's port
+		// number; tcp-punch binds the same port (SO_REUSEPORT).
+		lc := net.ListenConfig{Control: reusePort}
+		ln, err := lc.Listen(ctx, "tcp4", fmt.Sprintf(":%d", port))
 		if err != nil {
-			m.d.log.Warn("direct TCP: no listener; peers whose UDP is blocked cannot connect to us", "port", port, "err", err)
+			m.tcpWhy = "no TCP listener on port " + fmt.Sprint(port) + ": " + shortErr(err)
+			m.d.log.Warn("TCP techniques off: no listener", "port", port, "err", err)
 		} else {
 			m.tcp = ln
 			run(func() { m.acceptTCP(ctx) })
+		}
+	}
+	if m.tcp != nil && m.tech[TechTTCP] {
+		if err := ttcp.Available(); err != nil {
+			m.d.log.Info("Traversing-TCP off", "why", err)
+			m.tech[TechTTCP] = false
+			m.ttcpOff = err.Error()
+		} else if srv, err := ttcp.NewServer(ttcp.ServerConfig{Addr: netip.PrefixFrom(m.d.cert.IP, 32), OpenTTL: ttcpOpenTTL}); err != nil {
+			m.d.log.Info("Traversing-TCP off", "why", err)
+			m.tech[TechTTCP] = false
+			m.ttcpOff = err.Error()
+		} else {
+			m.ttcp = srv
 		}
 	}
 	if m.tech[TechUPnP] {
@@ -173,6 +231,29 @@ func (m *pathManager) close() {
 	if m.tcp != nil {
 		_ = m.tcp.Close()
 	}
+	if m.ttcp != nil {
+		_ = m.ttcp.Close()
+	}
+}
+
+// ttcpOpenTTL is the TTL of the SYN a Traversing-TCP server sends first to
+// open its own router's state (docs/traversal.md): it leaves one router
+// and dies before the client's.
+const ttcpOpenTTL = 2
+
+func reusePort(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		for _, o := range []int{unix.SO_REUSEADDR, unix.SO_REUSEPORT} {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o, 1); serr != nil {
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 // input takes the non-WireGuard packets of the shared socket (STUN).
@@ -192,8 +273,21 @@ func (m *pathManager) signal(s client.Signal) {
 		if err := m.ice.Handle(s.From, s.Payload); err != nil {
 			m.d.log.Info("ice message", "peer", s.From, "err", err)
 		}
+	case proto.SignalTTCPSYN:
+		if err := m.injectSYN(s.From, s.Payload); err != nil {
+			m.d.log.Info("Traversing-TCP: SYN not injected", "peer", s.From, "err", err)
+			m.setWhy(s.From, TechTTCP, "as server: "+err.Error())
+		}
+	case proto.SignalOffer:
+		if len(s.Payload) == 1 && s.Payload[0] == offerTCPPunch && m.tech[TechTCPPunch] && m.tcp != nil {
+			go m.punch(s.From, false)
+		}
 	}
 }
+
+// offerTCPPunch is the payload of a SignalOffer that asks the peer to
+// punch a TCP connection with us now.
+const offerTCPPunch = 1
 
 // active is called when traffic starts to flow with a peer.
 func (m *pathManager) active(peer string) { m.attempt(peer) }
@@ -235,7 +329,7 @@ func (m *pathManager) attempt(peer string) {
 	if m.ice != nil {
 		m.ice.Connect(peer)
 	}
-	if b.HasStream(peer) || !(m.tech[TechTCP]) {
+	if b.HasStream(peer) || m.tcp == nil {
 		return
 	}
 	m.mu.Lock()
@@ -252,8 +346,206 @@ func (m *pathManager) attempt(peer string) {
 		if b.HasDirect(peer) || b.HasStream(peer) {
 			return
 		}
-		m.dialTCP(peer)
+		m.tcpTechniques(peer)
 	}()
+}
+
+// tcpTechniques runs the TCP techniques toward a peer that has no UDP
+// path, best first: a plain connection to its own address; Traversing-TCP
+// as client (the peer with the smaller name first, the other 2.5 s later,
+// so that each side serves once); TCP simultaneous open.
+func (m *pathManager) tcpTechniques(peer string) {
+	b := m.o.Bind()
+	done := func() bool { return b.HasDirect(peer) || b.HasStream(peer) }
+	if m.d.client.View().Endpoints(peer) == nil {
+		// Its endpoint record has not reached us yet: try again soon.
+		m.setWhy(peer, TechTCP, "no endpoint record yet")
+		m.mu.Lock()
+		delete(m.tcpLast, peer)
+		m.mu.Unlock()
+		return
+	}
+	if m.tech[TechTCP] {
+		m.dialTCP(peer)
+		if done() {
+			return
+		}
+	}
+	if m.tech[TechTTCP] {
+		// A plain connection from the peer may be on its way.
+		time.Sleep(time.Second)
+		if done() {
+			return
+		}
+		if m.d.cert.Name > peer {
+			time.Sleep(2500 * time.Millisecond) // the peer dials first
+			if done() {
+				return
+			}
+		}
+		m.dialTTCP(peer)
+		if done() {
+			return
+		}
+	}
+	if m.tech[TechTCPPunch] {
+		m.punch(peer, true)
+	}
+}
+
+// peerPublic returns where a peer's public TCP endpoint is: its observed
+// public address (a port-preserving NAT keeps its port), else its own.
+func (m *pathManager) peerPublic(peer string) (netip.AddrPort, bool) {
+	r := m.d.client.View().Endpoints(peer)
+	if r == nil {
+		return netip.AddrPort{}, false
+	}
+	return public(r.Endpoints)
+}
+
+// public picks from an endpoint record the public endpoint: the observed
+// one, else the UPnP mapping (the record lists an address once, and a
+// mapping on a port-keeping NAT is the observed address too), else the
+// host's own address.
+func public(eps []endpoint.Endpoint) (netip.AddrPort, bool) {
+	best, rank := netip.AddrPort{}, 0
+	for _, e := range eps {
+		r := map[endpoint.Kind]int{endpoint.Observed: 3, endpoint.UPnP: 2, endpoint.Host: 1}[e.Kind]
+		if r > rank {
+			best, rank = e.Addr, r
+		}
+	}
+	return best, rank > 0
+}
+
+// localAddr is this host's own address for TCP (the first of its
+// endpoints), with our port.
+func (m *pathManager) localAddr() (netip.AddrPort, bool) {
+	for _, e := range m.d.endpoints(m.o.Port()) {
+		if e.Kind == endpoint.Host {
+			return e.Addr, true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+// ourPublic is the public address the brokers observe for us.
+func (m *pathManager) ourPublic() netip.Addr {
+	ap, _ := public(m.d.endpoints(m.o.Port()))
+	return ap.Addr()
+}
+
+// dialTTCP connects to the peer with Traversing-TCP: our SYN's
+// description goes to the peer through the brokers, the peer injects it.
+func (m *pathManager) dialTTCP(peer string) {
+	remote, ok := m.peerPublic(peer)
+	if !ok {
+		m.setWhy(peer, TechTTCP, "no endpoint record")
+		return
+	}
+	q, ok := m.takeQueue()
+	if !ok {
+		m.setWhy(peer, TechTTCP, "every NFQUEUE number in use")
+		return
+	}
+	defer m.giveQueue(q)
+	d := &ttcp.Dialer{Public: m.ourPublic(), Queue: q, Queues: 1, Logger: m.d.log.With("part", "ttcp")}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := d.Dial(ctx, remote, func(ctx context.Context, syn ttcp.SYN) error {
+		b, err := syn.Marshal()
+		if err != nil {
+			return err
+		}
+		return m.d.client.Signal(ctx, peer, proto.SignalTTCPSYN, b)
+	})
+	if err != nil {
+		m.setWhy(peer, TechTTCP, shortErr(err))
+		return
+	}
+	if _, err := m.o.Bind().AddStream(c, bind.PathTTCP, peer); err != nil {
+		m.setWhy(peer, TechTTCP, err.Error())
+		return
+	}
+	m.d.log.Info("TCP path", "peer", peer, "kind", bind.PathTTCP, "remote", remote)
+	m.setWhy(peer, TechTTCP, "")
+}
+
+// injectSYN serves a peer's Traversing-TCP dial: its described SYN is
+// injected into our stack, which answers from our listener's port. The
+// description must come from one of the peer's own published addresses
+// and be aimed at our port: we never answer on a third party's behalf.
+func (m *pathManager) injectSYN(peer string, payload []byte) error {
+	if m.ttcp == nil {
+		if m.ttcpOff != "" {
+			return fmt.Errorf("off here: %s", m.ttcpOff)
+		}
+		return fmt.Errorf("off here")
+	}
+	syn, err := ttcp.ParseSYN(payload)
+	if err != nil {
+		return err
+	}
+	if syn.Dst.Port() != m.o.Port() {
+		return fmt.Errorf("SYN for port %d, ours is %d", syn.Dst.Port(), m.o.Port())
+	}
+	r := m.d.client.View().Endpoints(peer)
+	known := false
+	if r != nil {
+		for _, e := range r.Endpoints {
+			known = known || e.Addr.Addr() == syn.Src.Addr()
+		}
+	}
+	if !known {
+		return fmt.Errorf("SYN from %v, not an address %s published", syn.Src, peer)
+	}
+	local, ok := m.localAddr()
+	if !ok {
+		return fmt.Errorf("no local address")
+	}
+	m.mu.Lock()
+	m.expect[syn.Src] = expected{peer: peer, kind: bind.PathTTCP, until: time.Now().Add(10 * time.Second)}
+	m.mu.Unlock()
+	return m.ttcp.Inject(syn, local)
+}
+
+// punch runs TCP simultaneous open with the peer for a few seconds; the
+// side that starts asks the other to punch too.
+func (m *pathManager) punch(peer string, start bool) {
+	remote, ok := m.peerPublic(peer)
+	local, ok2 := m.localAddr()
+	if !ok || !ok2 {
+		m.setWhy(peer, TechTCPPunch, "no endpoint record")
+		return
+	}
+	remote = netip.AddrPortFrom(remote.Addr(), remote.Port())
+	if start {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		err := m.d.client.Signal(ctx, peer, proto.SignalOffer, []byte{offerTCPPunch})
+		cancel()
+		if err != nil {
+			m.setWhy(peer, TechTCPPunch, "offer: "+shortErr(err))
+			return
+		}
+	}
+	m.mu.Lock()
+	m.expect[remote] = expected{peer: peer, kind: bind.PathTCPPunch, until: time.Now().Add(10 * time.Second)}
+	m.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := tcppunch.Punch(ctx, local, remote)
+	if err != nil {
+		if !m.o.Bind().HasStream(peer) {
+			m.setWhy(peer, TechTCPPunch, shortErr(err))
+		}
+		return
+	}
+	if _, err := m.o.Bind().AddStream(c, bind.PathTCPPunch, peer); err != nil {
+		m.setWhy(peer, TechTCPPunch, err.Error())
+		return
+	}
+	m.d.log.Info("TCP path", "peer", peer, "kind", bind.PathTCPPunch, "remote", remote)
+	m.setWhy(peer, TechTCPPunch, "")
 }
 
 // dialTCP tries a plain TCP connection to each of the peer's host
@@ -297,7 +589,16 @@ func (m *pathManager) acceptTCP(ctx context.Context) {
 			return
 		}
 		go func() {
-			peer, err := m.o.Bind().AddStream(c, bind.PathDirect, "")
+			kind := bind.PathDirect
+			if ra, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+				ra = netip.AddrPortFrom(ra.Addr().Unmap(), ra.Port())
+				m.mu.Lock()
+				if e, ok := m.expect[ra]; ok && time.Now().Before(e.until) {
+					kind = e.kind
+				}
+				m.mu.Unlock()
+			}
+			peer, err := m.o.Bind().AddStream(c, kind, "")
 			if err != nil {
 				m.d.log.Info("TCP path refused", "from", c.RemoteAddr(), "err", err)
 				return
@@ -306,7 +607,7 @@ func (m *pathManager) acceptTCP(ctx context.Context) {
 				m.o.Bind().RemovePeer(peer) // proved a key we do not know: not a peer
 				return
 			}
-			m.d.log.Info("TCP path", "peer", peer, "from", c.RemoteAddr())
+			m.d.log.Info("TCP path", "peer", peer, "kind", kind, "from", c.RemoteAddr())
 		}()
 	}
 }
@@ -353,6 +654,9 @@ func (m *pathManager) whyNot(peer string, path bind.PathKind) string {
 		out = append(out, t+" "+w)
 	}
 	m.mu.Unlock()
+	if m.tcpWhy != "" {
+		out = append(out, "tcp "+m.tcpWhy)
+	}
 	sort.Strings(out)
 	return strings.Join(out, "; ")
 }
