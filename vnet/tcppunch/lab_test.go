@@ -144,10 +144,10 @@ func TestPunchUDPBlockedSites(t *testing.T) {
 // against tcppunch.Crosses. Set PVC_LAB_MATRIX=1 to run it.
 func TestPunchMatrix(t *testing.T) {
 	if os.Getenv("PVC_LAB_MATRIX") == "" {
-		t.Skip("the crossing matrix takes about a minute: set PVC_LAB_MATRIX=1 to run it")
+		t.Skip("the crossing matrix takes about a minute and a half: set PVC_LAB_MATRIX=1 to run it")
 	}
-	kinds := []netlab.Kind{netlab.Public, netlab.HostFW, netlab.Firewall, netlab.Cone, netlab.Symmetric, netlab.DoubleNAT}
-	name := func(k netlab.Kind, ab string) string { return strings.ReplaceAll(string(k), "-", "") + ab }
+	kinds := netlab.Kinds
+	name := func(k netlab.Kind, ab string) string { return siteName(k) + ab }
 	var sites []netlab.SiteSpec
 	for _, k := range kinds {
 		sites = append(sites, netlab.SiteSpec{Name: name(k, "a"), Kind: k}, netlab.SiteSpec{Name: name(k, "b"), Kind: k})
@@ -228,4 +228,13 @@ func TestPunchMatrix(t *testing.T) {
 		b.WriteString("\n")
 	}
 	t.Log(b.String())
+}
+
+// siteName is a short site name for a kind (site names have at most 10
+// characters); the matrix adds "a" or "b".
+func siteName(k netlab.Kind) string {
+	return map[netlab.Kind]string{
+		netlab.Public: "pub", netlab.HostFW: "hfw", netlab.Firewall: "fw", netlab.Cone: "cone",
+		netlab.Symmetric: "sym", netlab.UDPBlocked: "ub", netlab.UPnP: "upnp", netlab.DoubleNAT: "dnat",
+	}[k]
 }
