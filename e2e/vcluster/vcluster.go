@@ -27,6 +27,9 @@ type Cluster struct {
 	Dir     string   // master key, bundle, state dirs, hosts files
 	Brokers []string // HOST:PORT=KEY of the running brokers
 	Nodes   map[string]*Node
+	// Wrap, by node name, is a command that pvcd runs under (e.g.
+	// setpriv dropping a capability); nil: none.
+	Wrap map[string][]string
 	// InitFlags are more flags for `pvcd cluster init` (e.g. --subnet).
 	InitFlags []string
 }
@@ -115,6 +118,7 @@ func (c *Cluster) Up(h *netlab.Host, name string, extra ...string) (*Node, error
 	}
 	args := append([]string{filepath.Join(c.Bin, "pvcd"), "up", "--cluster", c.Name, "--bundle", filepath.Join(c.Dir, c.Name+".cluster"),
 		"--name", name, "--state-dir", n.State, "--hosts-file", n.Hosts}, extra...)
+	args = append(append([]string(nil), c.Wrap[name]...), args...)
 	p, err := h.Start(args...)
 	if err != nil {
 		return nil, err

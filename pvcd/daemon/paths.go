@@ -657,6 +657,9 @@ func (m *pathManager) whyNot(peer string, path bind.PathKind) string {
 	if m.tcpWhy != "" {
 		out = append(out, "tcp "+m.tcpWhy)
 	}
+	if m.ttcpOff != "" {
+		out = append(out, "ttcp off: "+m.ttcpOff)
+	}
 	sort.Strings(out)
 	return strings.Join(out, "; ")
 }
