@@ -227,11 +227,21 @@ func TestTraversingTCPBehindNATWithOpeningSYN(t *testing.T) {
 	if want := ttcp.Crosses("udp-blocked", "cone", true) && !ttcp.Crosses("udp-blocked", "cone", false); !want {
 		t.Error("Crosses disagrees with this test")
 	}
-	// Every goroutine of the dials and servers ends with them.
+	// Every goroutine of the dials and servers ends with them, and so do
+	// their rules, also those of the dial that failed.
 	if err := errors.Join(plain.Close(), open.Close()); err != nil {
 		t.Error(err)
 	}
 	brokertest.CheckGoroutines(t, before)
+	for _, h := range []*netlab.Host{cli, srv} {
+		out, err := h.Run(context.Background(), "sh", "-c", "iptables-save; ip -o link")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(out, "pvc-ttcp") || strings.Contains(out, "pvcttcp") {
+			t.Errorf("%s: left behind:\n%s", h.Name, out)
+		}
+	}
 }
 
 // TestServerLifecycle: Close is idempotent and removes the device, Inject
