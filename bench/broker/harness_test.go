@@ -497,6 +497,7 @@ type summaryRow struct {
 	Metric, Unit string
 	Value        float64
 	Note         string
+	Report       string // the unit of b.ReportMetric, if reported
 }
 
 // writeSummary writes bench/results/broker/NAME.csv.

@@ -118,10 +118,10 @@ func BenchmarkRelayLab(b *testing.B) {
 	b.ReportMetric(mt, "tcp-Mbit/s")
 	b.ReportMetric(mr/mt, "ratio")
 	writeSummary(b, "relay", []summaryRow{
-		{"relay_tcp_tls", "Mbit/s", mr, fmt.Sprintf("pa -> pvc-broker on b1 -> pb over the peers' TLS sessions, %d-byte datagrams, %v of sending; median of 3 %v", size, sendFor, round(relay))},
-		{"plain_tcp", "Mbit/s", mt, fmt.Sprintf("one TCP stream pa -> pb between the same namespaces (netlab.Transfer, 512 MiB); median of 3 %v", round(tcp))},
-		{"ratio", "relay/tcp", mr / mt, "same run, interleaved"},
-		{"delivered", "fraction", median(delivered), "datagrams delivered / datagrams the client queued (the relay drops when a queue is full)"},
+		{"relay_tcp_tls", "Mbit/s", mr, fmt.Sprintf("pa -> pvc-broker on b1 -> pb over the peers' TLS sessions, %d-byte datagrams, %v of sending; median of 3 %v", size, sendFor, round(relay)), ""},
+		{"plain_tcp", "Mbit/s", mt, fmt.Sprintf("one TCP stream pa -> pb between the same namespaces (netlab.Transfer, 512 MiB); median of 3 %v", round(tcp)), ""},
+		{"ratio", "relay/tcp", mr / mt, "same run, interleaved", ""},
+		{"delivered", "fraction", median(delivered), "datagrams delivered / datagrams the client queued (the relay drops when a queue is full)", ""},
 	})
 }
 

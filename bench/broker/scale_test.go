@@ -24,6 +24,7 @@ import (
 var (
 	sessionsN = flag.Int("sessions", 10000, "simulated peer sessions in BenchmarkSessions")
 	stormN    = flag.Int("storm-peers", 1000, "peers in BenchmarkJoinStorm")
+	stormRuns = flag.Int("storm-runs", 3, "storms in BenchmarkJoinStorm (medians are reported)")
 )
 
 // BenchmarkSessions: one pvc-broker (a child process) holding 10,000
@@ -119,8 +120,11 @@ func benchSessions(b *testing.B, n int) {
 	wg.Wait()
 	setup := time.Since(start)
 	setupCPU := cpuSeconds(b, br.PID()) - cpu0
-	if f := failed.Load(); f > 0 {
+	if f := failed.Load(); f > int64(n/100) {
 		b.Fatalf("%d of %d sessions failed; first: %v", f, n, firstErr.Load())
+	} else if f > 0 {
+		b.Errorf("%d of %d sessions failed (measuring the others); first: %v", f, n, firstErr.Load())
+		n = len(conns)
 	}
 	ping()
 	time.Sleep(time.Second)
@@ -149,14 +153,14 @@ func benchSessions(b *testing.B, n int) {
 	b.ReportMetric(p50, "p50-ms")
 	b.ReportMetric(p99, "p99-ms")
 	writeSummary(b, "sessions", []summaryRow{
-		{"sessions", "count", held, "authenticated peer sessions held by one pvc-broker on loopback"},
-		{"rss_before", "MB", before / 1e6, "broker VmRSS with its cluster loaded, no session"},
-		{"rss_after", "MB", after / 1e6, "broker VmRSS holding the sessions (and their certificates in the registry)"},
-		{"rss_per_session", "KiB", perSession / 1024, "(after - before) / sessions"},
-		{"setup_rate", "sessions/s", float64(n) / setup.Seconds(), fmt.Sprintf("TLS + signed challenge, 32 in flight, %d cores shared by both ends", runtime.NumCPU())},
-		{"setup_broker_cpu", "µs/session", setupCPU / float64(n) * 1e6, "pvc-broker's CPU time (user+system) per session set up"},
-		{"signal_rtt_p50", "ms", p50, "signal a->b->a through the broker while it holds the sessions"},
-		{"signal_rtt_p99", "ms", p99, fmt.Sprintf("target < 20 ms; %d rounds, %d lost", len(rtts), pg.lost)},
+		{"sessions", "count", held, "authenticated peer sessions held by one pvc-broker on loopback", ""},
+		{"rss_before", "MB", before / 1e6, "broker VmRSS with its cluster loaded, no session", ""},
+		{"rss_after", "MB", after / 1e6, "broker VmRSS holding the sessions (and their certificates in the registry)", ""},
+		{"rss_per_session", "KiB", perSession / 1024, "(after - before) / sessions", ""},
+		{"setup_rate", "sessions/s", float64(n) / setup.Seconds(), fmt.Sprintf("TLS + signed challenge, 32 in flight, %d cores shared by both ends", runtime.NumCPU()), ""},
+		{"setup_broker_cpu", "µs/session", setupCPU / float64(n) * 1e6, "pvc-broker's CPU time (user+system) per session set up", ""},
+		{"signal_rtt_p50", "ms", p50, "signal a->b->a through the broker while it holds the sessions", ""},
+		{"signal_rtt_p99", "ms", p99, fmt.Sprintf("target < 20 ms; %d rounds, %d lost", len(rtts), pg.lost), ""},
 	})
 }
 
@@ -172,11 +176,31 @@ func benchSessions(b *testing.B, n int) {
 func BenchmarkJoinStorm(b *testing.B) {
 	raiseNoFile(b, 3*uint64(*stormN))
 	for range b.N {
-		benchStorm(b, *stormN)
+		var runs [][]summaryRow
+		for range *stormRuns {
+			runs = append(runs, benchStorm(b, *stormN))
+		}
+		// Medians over the runs, each run's figure in the note.
+		var out []summaryRow
+		for i, r := range runs[0] {
+			var vs []float64
+			var each []string
+			for _, run := range runs {
+				vs = append(vs, run[i].Value)
+				each = append(each, strconv.FormatFloat(run[i].Value, 'f', 2, 64))
+			}
+			r.Value = median(vs)
+			r.Note = strings.TrimSpace(fmt.Sprintf("median of %d runs (%s). %s", len(runs), strings.Join(each, " / "), r.Note))
+			out = append(out, r)
+			if r.Report != "" {
+				b.ReportMetric(r.Value, r.Report)
+			}
+		}
+		writeSummary(b, "joinstorm", out)
 	}
 }
 
-func benchStorm(b *testing.B, n int) {
+func benchStorm(b *testing.B, n int) []summaryRow {
 	state := b.TempDir()
 	addr := freeAddr(b)
 	key := brokerKey(b, state)
@@ -277,26 +301,19 @@ func benchStorm(b *testing.B, n int) {
 	b.Logf("join storm of %d peers: all saw all in %v; signalling idle p50 %.2f/p99 %.2f ms, during the storm p50 %.2f/p99 %.2f ms (%d rounds, %d lost), after p50 %.2f/p99 %.2f ms; a host verifies %d certificates in %.1f ms; broker RSS %.1f -> %.1f MB; CPU during the storm: broker %.2f s, the %d clients %.2f s; load average %s",
 		n, last.Round(time.Millisecond), percentile(idle, 50), percentile(idle, 99), percentile(during, 50), percentile(during, 99), len(during), pg.lost,
 		percentile(loaded, 50), percentile(loaded, 99), len(raws), verify, before/1e6, after/1e6, brokerCPU, n, selfCPU, load)
-	b.ReportMetric(ms(last), "ms/storm")
-	b.ReportMetric(percentile(during, 50), "p50-storm-ms")
-	b.ReportMetric(percentile(during, 99), "p99-storm-ms")
-	b.ReportMetric(percentile(loaded, 50), "p50-after-ms")
-	b.ReportMetric(percentile(loaded, 99), "p99-after-ms")
-	b.ReportMetric(verify, "verify-ms/peer")
-	b.ReportMetric(brokerCPU, "broker-cpu-s")
-	writeSummary(b, "joinstorm", []summaryRow{
-		{"peers", "count", float64(n), "broker clients connecting at once to a fresh pvc-broker (registry empty)"},
-		{"peers_complete", "count", float64(complete), "peers whose view held every other peer"},
-		{"storm_all_see_all", "ms", ms(last), fmt.Sprintf("target < 2000 ms; from the first dial to the last view complete; 1-min load average %s at the start", load)},
-		{"broker_cpu", "s", brokerCPU, "pvc-broker's CPU time (user+system) during the storm"},
-		{"clients_cpu", "s", selfCPU, fmt.Sprintf("the %d simulated peers' CPU time (one child process, one shared verification cache) during the storm", n)},
-		{"signal_rtt_idle_p50", "ms", percentile(idle, 50), "before the storm, 2 peers connected"},
-		{"signal_rtt_idle_p99", "ms", percentile(idle, 99), ""},
-		{"signal_rtt_storm_p50", "ms", percentile(during, 50), fmt.Sprintf("during the storm, %d rounds, %d lost", len(during), pg.lost)},
-		{"signal_rtt_storm_p99", "ms", percentile(during, 99), "target < 20 ms"},
-		{"signal_rtt_after_p50", "ms", percentile(loaded, 50), fmt.Sprintf("%d peers connected and subscribed", n+2)},
-		{"signal_rtt_after_p99", "ms", percentile(loaded, 99), "target < 20 ms"},
-		{"verify_per_host", "ms", verify, fmt.Sprintf("one host verifying the %d certificates (no cache), median of 3", len(raws))},
-		{"broker_rss_per_subscribed_peer", "KiB", (after - before) / float64(n) / 1024, "broker VmRSS growth over the storm / peers"},
-	})
+	return []summaryRow{
+		{"peers", "count", float64(n), "broker clients connecting at once to a fresh pvc-broker (registry empty)", ""},
+		{"peers_complete", "count", float64(complete), "peers whose view held every other peer", ""},
+		{"storm_all_see_all", "ms", ms(last), fmt.Sprintf("target < 2000 ms; from the first dial to the last view complete; 1-min load average %s at the start", load), "ms/storm"},
+		{"broker_cpu", "s", brokerCPU, "pvc-broker's CPU time (user+system) during the storm", "broker-cpu-s"},
+		{"clients_cpu", "s", selfCPU, fmt.Sprintf("the %d simulated peers' CPU time (one child process, one shared verification cache) during the storm", n), ""},
+		{"signal_rtt_idle_p50", "ms", percentile(idle, 50), "before the storm, 2 peers connected", ""},
+		{"signal_rtt_idle_p99", "ms", percentile(idle, 99), "", ""},
+		{"signal_rtt_storm_p50", "ms", percentile(during, 50), fmt.Sprintf("during the storm, %d rounds, %d lost", len(during), pg.lost), "p50-storm-ms"},
+		{"signal_rtt_storm_p99", "ms", percentile(during, 99), "target < 20 ms", "p99-storm-ms"},
+		{"signal_rtt_after_p50", "ms", percentile(loaded, 50), fmt.Sprintf("%d peers connected and subscribed", n+2), "p50-after-ms"},
+		{"signal_rtt_after_p99", "ms", percentile(loaded, 99), "target < 20 ms", "p99-after-ms"},
+		{"verify_per_host", "ms", verify, fmt.Sprintf("one host verifying the %d certificates (no cache), median of 3", len(raws)), "verify-ms/peer"},
+		{"broker_rss_per_subscribed_peer", "KiB", (after - before) / float64(n) / 1024, "broker VmRSS growth over the storm / peers", ""},
+	}
 }
