@@ -107,6 +107,31 @@ type pathManager struct {
 	tcpLast map[string]time.Time // last TCP attempt toward a peer
 	expect  map[netip.AddrPort]expected
 	queues  [ttcpQueues]bool // NFQUEUE numbers in use by Traversing-TCP dials
+	inject  map[string]*tokens
+}
+
+// tokens is a small token bucket (injections of one peer's SYNs).
+type tokens struct {
+	n    float64
+	last time.Time
+}
+
+func (m *pathManager) allowInject(peer string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	t := m.inject[peer]
+	if t == nil {
+		t = &tokens{n: injectBurst, last: now}
+		m.inject[peer] = t
+	}
+	t.n = min(injectBurst, t.n+now.Sub(t.last).Seconds()/injectEvery.Seconds())
+	t.last = now
+	if t.n < 1 {
+		return false
+	}
+	t.n--
+	return true
 }
 
 // Traversing-TCP dials capture their SYN on NFQUEUE numbers
@@ -143,11 +168,17 @@ const (
 	udpGrace   = 1500 * time.Millisecond // a UDP path usually confirms within this
 	retryEvery = time.Second             // peers on the relay are looked at this often (ICE keeps its own backoff)
 	tcpEvery   = 10 * time.Second        // TCP techniques toward a peer at most this often
+	plainWait  = 300 * time.Millisecond  // for a plain TCP connection before Traversing-TCP
+	ttcpTurn   = 1500 * time.Millisecond // the peer with the larger name dials Traversing-TCP this much later
+	// injectBurst SYN descriptions of one peer are injected at once, then
+	// one per injectEvery: a peer cannot make us send SYN/ACKs at will.
+	injectBurst = 4
+	injectEvery = 2 * time.Second
 )
 
 func newPathManager(d *daemon, o *overlay.Overlay, tech Techniques) *pathManager {
 	return &pathManager{d: d, o: o, tech: tech, why: map[string]map[string]string{}, tcpBusy: map[string]bool{}, tcpLast: map[string]time.Time{},
-		expect: map[netip.AddrPort]expected{}}
+		expect: map[netip.AddrPort]expected{}, inject: map[string]*tokens{}}
 }
 
 // start opens what the techniques need: ICE's agents on the shared socket
@@ -300,6 +331,7 @@ func (m *pathManager) removed(peer string) {
 	m.mu.Lock()
 	delete(m.why, peer)
 	delete(m.tcpLast, peer)
+	delete(m.inject, peer)
 	m.mu.Unlock()
 }
 
@@ -326,7 +358,10 @@ func (m *pathManager) attempt(peer string) {
 	if b.HasDirect(peer) {
 		return
 	}
-	if m.ice != nil {
+	// Our own UDP is blocked when no broker ever confirmed our UDP relay
+	// path: ICE is pointless, the TCP techniques start at once.
+	blocked := len(m.d.client.Connected()) > 0 && !m.d.client.RelayOverUDP()
+	if m.ice != nil && !blocked {
 		m.ice.Connect(peer)
 	}
 	if b.HasStream(peer) || m.tcp == nil {
@@ -342,7 +377,9 @@ func (m *pathManager) attempt(peer string) {
 	m.mu.Unlock()
 	go func() {
 		defer func() { m.mu.Lock(); delete(m.tcpBusy, peer); m.mu.Unlock() }()
-		time.Sleep(udpGrace)
+		if !blocked {
+			time.Sleep(udpGrace)
+		}
 		if b.HasDirect(peer) || b.HasStream(peer) {
 			return
 		}
@@ -366,19 +403,22 @@ func (m *pathManager) tcpTechniques(peer string) {
 		return
 	}
 	if m.tech[TechTCP] {
-		m.dialTCP(peer)
+		// A plain connection, ours or the peer's, takes one round trip
+		// where it works at all; where a firewall drops it, ours would
+		// wait for its timeout: give it plainWait, then go on.
+		dialed := make(chan struct{})
+		go func() { defer close(dialed); m.dialTCP(peer) }()
+		select {
+		case <-dialed:
+		case <-time.After(plainWait):
+		}
 		if done() {
 			return
 		}
 	}
 	if m.tech[TechTTCP] {
-		// A plain connection from the peer may be on its way.
-		time.Sleep(time.Second)
-		if done() {
-			return
-		}
 		if m.d.cert.Name > peer {
-			time.Sleep(2500 * time.Millisecond) // the peer dials first
+			time.Sleep(ttcpTurn) // the peer dials first
 			if done() {
 				return
 			}
@@ -485,6 +525,9 @@ func (m *pathManager) injectSYN(peer string, payload []byte) error {
 	syn, err := ttcp.ParseSYN(payload)
 	if err != nil {
 		return err
+	}
+	if !m.allowInject(peer) {
+		return fmt.Errorf("more than %d SYN descriptions in %v", injectBurst, injectBurst*injectEvery)
 	}
 	if syn.Dst.Port() != m.o.Port() {
 		return fmt.Errorf("SYN for port %d, ours is %d", syn.Dst.Port(), m.o.Port())
