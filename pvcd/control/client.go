@@ -24,7 +24,11 @@ type Client struct {
 // stateDir. It does not connect until a call.
 func NewClient(stateDir string) *Client {
 	path := SocketPath(stateDir)
+	// One connection per request: a client is short-lived (a CLI verb,
+	// a test's poll), and idle keep-alive connections would pile up on
+	// both sides.
 	return &Client{path: path, http: &http.Client{Transport: &http.Transport{
+		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)

@@ -117,7 +117,7 @@ func Listen(stateDir string, b Backend, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{path: path, ln: ln}
-	s.srv = &http.Server{Handler: newHandler(b, log), ReadHeaderTimeout: 5 * time.Second}
+	s.srv = &http.Server{Handler: newHandler(b, log), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second}
 	return s, nil
 }
 

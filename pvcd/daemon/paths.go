@@ -108,6 +108,26 @@ type pathManager struct {
 	expect  map[netip.AddrPort]expected
 	queues  [ttcpQueues]bool // NFQUEUE numbers in use by Traversing-TCP dials
 	inject  map[string]*tokens
+	// brokerSince is when a broker session was first seen up.
+	brokerSince time.Time
+}
+
+// udpBlocked reports whether our UDP seems blocked: a broker session has
+// been up for udpGrace and more, and no broker confirmed our UDP.
+func (m *pathManager) udpBlocked() bool {
+	if m.d.client.RelayOverUDP() {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.d.client.Connected()) == 0 {
+		m.brokerSince = time.Time{}
+		return false
+	}
+	if m.brokerSince.IsZero() {
+		m.brokerSince = time.Now()
+	}
+	return time.Since(m.brokerSince) > 2*udpGrace
 }
 
 // tokens is a small token bucket (injections of one peer's SYNs).
@@ -252,6 +272,7 @@ func (m *pathManager) start(ctx context.Context, run func(func())) error {
 		run(func() { _ = mp.Run(ctx) })
 	}
 	run(func() { m.loop(ctx) })
+	m.udpBlocked() // start the clock
 	return nil
 }
 
@@ -344,6 +365,7 @@ func (m *pathManager) loop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		m.udpBlocked() // keeps its clock
 		for _, p := range m.o.ActivePeers() {
 			if !m.o.Bind().HasDirect(p) {
 				m.attempt(p)
@@ -358,9 +380,10 @@ func (m *pathManager) attempt(peer string) {
 	if b.HasDirect(peer) {
 		return
 	}
-	// Our own UDP is blocked when no broker ever confirmed our UDP relay
-	// path: ICE is pointless, the TCP techniques start at once.
-	blocked := len(m.d.client.Connected()) > 0 && !m.d.client.RelayOverUDP()
+	// Our own UDP is blocked when no broker confirmed our UDP relay path
+	// in the seconds since we reached one: ICE is pointless then, and the
+	// TCP techniques start at once.
+	blocked := m.udpBlocked()
 	if m.ice != nil && !blocked {
 		m.ice.Connect(peer)
 	}
