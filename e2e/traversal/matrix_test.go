@@ -13,6 +13,8 @@ import (
 
 	"github.com/pvc-project/pvc/e2e/netlab"
 	"github.com/pvc-project/pvc/e2e/vcluster"
+	"github.com/pvc-project/pvc/vnet/tcppunch"
+	"github.com/pvc-project/pvc/vnet/ttcp"
 )
 
 // kinds are the site kinds of LAB.md, in the order of the matrix.
@@ -220,4 +222,25 @@ func short(k netlab.Kind) string {
 		return "fw"
 	}
 	return string(k)
+}
+
+// TestExpectedTableAgreesWithCrossings checks the expected table against
+// the crossing tables of the TCP techniques (measured on their own, see
+// docs/traversal.md): a "ttcp" cell needs Traversing-TCP to cross with one
+// of the two as server; a pair with a UDP-blocked site is "relay" only
+// where neither Traversing-TCP nor TCP simultaneous open crosses.
+func TestExpectedTableAgreesWithCrossings(t *testing.T) {
+	for _, a := range kinds {
+		for _, b := range kinds {
+			want := expected[a][b]
+			ttcpOK := ttcp.Crosses(string(b), string(a), true) || ttcp.Crosses(string(a), string(b), true)
+			punchOK := tcppunch.Crosses(string(a), string(b), false)
+			switch {
+			case want == "ttcp" && !ttcpOK:
+				t.Errorf("%s → %s expects ttcp, which ttcp.Crosses says cannot work", a, b)
+			case want == "relay" && (a == netlab.UDPBlocked || b == netlab.UDPBlocked) && (ttcpOK || punchOK):
+				t.Errorf("%s → %s expects relay, but a TCP technique crosses (ttcp %v, tcp-punch %v)", a, b, ttcpOK, punchOK)
+			}
+		}
+	}
 }
