@@ -69,3 +69,16 @@ func TestUPnP(t *testing.T) {
 }
 
 var _ = netip.Addr{}
+
+// TestSiteHostsReachEachOther: two hosts of one NATed site talk over
+// their LAN (bridged frames pass the router's FORWARD chain when
+// br_netfilter is loaded, as on this kernel).
+func TestSiteHostsReachEachOther(t *testing.T) {
+	lab := New(t, Spec{Sites: []SiteSpec{{Name: "home", Kind: Cone, Hosts: 2}, {Name: "fw", Kind: Firewall, Hosts: 2}}})
+	for _, s := range []string{"home", "fw"} {
+		h := lab.Site(s).Hosts
+		if _, err := Transfer(h[0], h[1], h[1].Addr, 0, 64<<10); err != nil {
+			t.Errorf("%s: %s → %s over the LAN: %v", s, h[0].Name, h[1].Name, err)
+		}
+	}
+}

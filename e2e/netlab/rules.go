@@ -89,6 +89,10 @@ func routerRules(kind Kind, blockUDP bool, lan netip.Prefix, shape Shape) string
 		r.add("filter", "-A INPUT -i wan0 -p udp -s "+stunAddr1.String()+"/31 --sport 3478:3479 -j ACCEPT")
 	}
 	r.add("filter", "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT")
+	// Between the site's own hosts: with br_netfilter loaded (as on this
+	// kernel), frames bridged across the LAN pass the router's FORWARD
+	// chain, and the site's hosts must reach each other.
+	r.add("filter", "-A FORWARD -i lan0 -o lan0 -j ACCEPT")
 	// From the LAN anything goes, including a SYN/ACK whose SYN the router
 	// never saw (conntrack INVALID): LAB.md's "firewall" row relies on it.
 	r.add("filter", "-A FORWARD -i lan0 -o wan0 -j ACCEPT")
