@@ -273,8 +273,13 @@ func (s *Server) applyRevocationLocked(cl *cluster, l *revoke.List) {
 // notifyLocked pushes a new object to the cluster's subscribers and to the
 // replica links other than the one it came from.
 func (s *Server) notifyLocked(cl *cluster, raw []byte, from *session) {
+	urgent := len(raw) > 4 && signed.Kind(raw[4]) != signed.KindCert && signed.Kind(raw[4]) != signed.KindEndpoints
 	for _, ss := range cl.subs {
-		ss.push(raw) // batched with other pushes by the session's writer
+		if urgent {
+			ss.pushNow(raw)
+		} else {
+			ss.push(raw) // batched with other pushes by the session's writer
+		}
 	}
 	for _, r := range s.replicas {
 		if r != from {

@@ -50,6 +50,7 @@ type session struct {
 	objs    [][]byte // objects to push (subscription), sent in batches before the frames
 	qbytes  int      // bytes in frames and objs, and in the batch being written
 	closing bool     // close once the queued frames are written
+	urgent  bool     // objs holds one that must not wait for a batch
 	wake    chan struct{}
 	done    chan struct{}
 	once    sync.Once
@@ -107,6 +108,20 @@ func (ss *session) sendFrame(m proto.Message, f []byte, mode sendMode) bool {
 // session (it must resubscribe). It may be called with srv.mu held.
 func (ss *session) push(objs ...[]byte) bool {
 	return ss.enqueue(nil, objs, mustSend)
+}
+
+// pushNow is push for objects that must not wait for a batch (a
+// revocation list, a bundle, a policy: rare, and what they change matters
+// at once).
+func (ss *session) pushNow(obj []byte) bool {
+	if !ss.enqueue(nil, [][]byte{obj}, mustSend) {
+		return false
+	}
+	ss.qmu.Lock()
+	ss.urgent = true
+	ss.qmu.Unlock()
+	ss.poke()
+	return true
 }
 
 // enqueue adds a frame or objects to the queue.
@@ -192,7 +207,7 @@ func (ss *session) writer() {
 	coalesce:
 		for {
 			ss.qmu.Lock()
-			onlyObjs := len(ss.frames) == 0 && len(ss.objs) > 0 && !ss.closing
+			onlyObjs := len(ss.frames) == 0 && len(ss.objs) > 0 && !ss.closing && !ss.urgent
 			ss.qmu.Unlock()
 			if !onlyObjs || time.Since(lastObjs) >= pushDelay {
 				break
@@ -210,6 +225,7 @@ func (ss *session) writer() {
 			ss.qmu.Lock()
 			objs, ss.objs = ss.objs, objs[:0]
 			frames, ss.frames = ss.frames, frames[:0]
+			ss.urgent = false
 			closing := ss.closing
 			ss.qmu.Unlock()
 			if len(objs) == 0 && len(frames) == 0 {
