@@ -68,8 +68,15 @@ func TestRevokeAndCrash(t *testing.T) {
 	if again.Status.VirtualIP != cone.Status.VirtualIP {
 		t.Errorf("restart changed the address: %v -> %v", cone.Status.VirtualIP, again.Status.VirtualIP)
 	}
-	if b, _ := os.ReadFile(again.Hosts); strings.Count(string(b), "BEGIN pvc lab") != 1 {
-		t.Errorf("hosts file after restart has %d blocks:\n%s", strings.Count(string(b), "BEGIN pvc lab"), b)
+	// The restarted pvcd writes its block once it knows the names.
+	var hosts []byte
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if hosts, _ = os.ReadFile(again.Hosts); strings.Count(string(hosts), "BEGIN pvc lab") == 1 {
+			break
+		}
+	}
+	if strings.Count(string(hosts), "BEGIN pvc lab") != 1 {
+		t.Errorf("hosts file after restart has %d blocks:\n%s", strings.Count(string(hosts), "BEGIN pvc lab"), hosts)
 	}
 	if _, err := again.Peer(ctx, "master"); err != nil {
 		deadline := time.Now().Add(10 * time.Second)

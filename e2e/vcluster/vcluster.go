@@ -113,8 +113,12 @@ func (c *Cluster) Token(uses int) (string, error) {
 // host's resolv.conf then points at its own pvcd.
 func (c *Cluster) Up(h *netlab.Host, name string, extra ...string) (*Node, error) {
 	n := &Node{Name: name, Host: h, State: filepath.Join(c.Dir, "state-"+name), Hosts: filepath.Join(c.Dir, "hosts-"+name)}
-	if err := os.WriteFile(n.Hosts, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
-		return nil, err
+	// A new node gets a hosts file of its own; a restarted one keeps its
+	// file as the killed pvcd left it (the restart must clean it).
+	if _, err := os.Stat(n.Hosts); os.IsNotExist(err) {
+		if err := os.WriteFile(n.Hosts, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	args := append([]string{filepath.Join(c.Bin, "pvcd"), "up", "--cluster", c.Name, "--bundle", filepath.Join(c.Dir, c.Name+".cluster"),
 		"--name", name, "--state-dir", n.State, "--hosts-file", n.Hosts}, extra...)

@@ -429,11 +429,17 @@ func (m *pathManager) tcpTechniques(peer string) {
 		// A plain connection, ours or the peer's, takes one round trip
 		// where it works at all; where a firewall drops it, ours would
 		// wait for its timeout: give it plainWait, then go on.
+		// Ours may fail at once (an unreachable LAN address) while the
+		// peer's is under way: wait plainWait either way.
+		t0 := time.Now()
 		dialed := make(chan struct{})
 		go func() { defer close(dialed); m.dialTCP(peer) }()
 		select {
 		case <-dialed:
 		case <-time.After(plainWait):
+		}
+		if rest := plainWait - time.Since(t0); rest > 0 && !done() {
+			time.Sleep(rest)
 		}
 		if done() {
 			return
