@@ -15,6 +15,7 @@ import (
 	"github.com/pvc-project/pvc/broker/client"
 	"github.com/pvc-project/pvc/broker/proto"
 	"github.com/pvc-project/pvc/security/endpoint"
+	"github.com/pvc-project/pvc/security/policy"
 	"github.com/pvc-project/pvc/vnet/bind"
 	vice "github.com/pvc-project/pvc/vnet/ice"
 	"github.com/pvc-project/pvc/vnet/overlay"
@@ -255,6 +256,10 @@ func (m *pathManager) start(ctx context.Context, run func(func())) error {
 		} else {
 			m.ttcp = srv
 		}
+	}
+	if m.tech[TechUPnP] && m.d.local != nil && m.d.local.UPnP == policy.Deny {
+		m.tech[TechUPnP] = false
+		m.d.log.Info("UPnP off: the local policy denies it")
 	}
 	if m.tech[TechUPnP] {
 		mp := upnp.New(upnp.Config{Cluster: m.d.bundle.Cluster, Peer: m.d.cert.Name, Port: port,

@@ -22,6 +22,9 @@ type Local struct {
 	// RestrictInbound is true when the file has inbound lines: then only
 	// what Inbound lists is reachable.
 	RestrictInbound bool
+	// UPnP says whether pvcd may map its port on the site's gateway with
+	// UPnP IGD (ParseLocal: Allow unless the file says "upnp deny").
+	UPnP Action
 }
 
 // InboundRule lets peers reach local ports of one protocol.
@@ -41,6 +44,7 @@ type InboundRule struct {
 //	inbound icmp                       peers may ping this host
 //	inbound any                        peers may reach everything
 //	inbound none                       peers may reach nothing
+//	upnp allow|deny                    pvcd may map its port on the site's gateway (default allow)
 //
 // Without inbound lines every local port is reachable; with any, only what
 // they list. Without outside lines both directions are allowed. Errors name
@@ -49,8 +53,8 @@ func ParseLocal(src []byte) (*Local, error) {
 	if len(src) > MaxSource {
 		return nil, fmt.Errorf("%w: local policy larger than %d bytes", ErrSyntax, MaxSource)
 	}
-	l := &Local{OutsideInbound: Allow, OutsideOutbound: Allow}
-	var sawIn, sawOut bool
+	l := &Local{OutsideInbound: Allow, OutsideOutbound: Allow, UPnP: Allow}
+	var sawIn, sawOut, sawUPnP bool
 	err := eachLine(src, func(n int, f []string) error {
 		switch f[0] {
 		case "domain":
@@ -96,8 +100,21 @@ func ParseLocal(src []byte) (*Local, error) {
 			return nil
 		case "inbound":
 			return l.parseInbound(n, f)
+		case "upnp":
+			if len(f) != 2 {
+				return fmt.Errorf("want \"upnp allow|deny\"")
+			}
+			a, err := parseAction(f[1])
+			if err != nil {
+				return err
+			}
+			if sawUPnP {
+				return fmt.Errorf("second \"upnp\" line")
+			}
+			l.UPnP, sawUPnP = a, true
+			return nil
 		}
-		return fmt.Errorf("unknown statement %q (want domain, outside or inbound)", f[0])
+		return fmt.Errorf("unknown statement %q (want domain, outside, inbound or upnp)", f[0])
 	})
 	if err != nil {
 		return nil, err
@@ -168,6 +185,9 @@ func (l *Local) Text() string {
 		b.WriteByte('\n')
 	}
 	fmt.Fprintf(&b, "outside inbound %s\noutside outbound %s\n", l.OutsideInbound, l.OutsideOutbound)
+	if l.UPnP == Deny {
+		b.WriteString("upnp deny\n")
+	}
 	if l.RestrictInbound && len(l.Inbound) == 0 {
 		b.WriteString("inbound none\n")
 	}

@@ -127,6 +127,7 @@ outside inbound deny
 outside outbound allow
 inbound tcp 22, 6817-6819
 inbound icmp
+upnp deny
 `
 
 func TestParseLocal(t *testing.T) {
@@ -134,7 +135,7 @@ func TestParseLocal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(l.Domain) != 3 || l.OutsideInbound != Deny || l.OutsideOutbound != Allow || !l.RestrictInbound || len(l.Inbound) != 2 {
+	if len(l.Domain) != 3 || l.OutsideInbound != Deny || l.OutsideOutbound != Allow || !l.RestrictInbound || len(l.Inbound) != 2 || l.UPnP != Deny {
 		t.Errorf("parsed %+v", l)
 	}
 	if l.Inbound[0].Line != 6 || l.Inbound[0].Proto != ProtoTCP || len(l.Inbound[0].Ports) != 2 {
@@ -145,7 +146,7 @@ func TestParseLocal(t *testing.T) {
 		t.Errorf("text round trip: %v\n%s\nvs\n%s", err, m.Text(), l.Text())
 	}
 	empty, err := ParseLocal([]byte("# nothing\n"))
-	if err != nil || empty.OutsideInbound != Allow || empty.OutsideOutbound != Allow || empty.RestrictInbound {
+	if err != nil || empty.OutsideInbound != Allow || empty.OutsideOutbound != Allow || empty.RestrictInbound || empty.UPnP != Allow {
 		t.Errorf("empty local policy %+v, %v; want allow everything", empty, err)
 	}
 	for _, tc := range []struct{ src, want string }{
@@ -160,6 +161,9 @@ func TestParseLocal(t *testing.T) {
 		{"inbound none 22\n", "unexpected \"22\""},
 		{"inbound udp 0\n", "bad port \"0\""},
 		{"firewall off\n", "line 1: policy syntax error: unknown statement \"firewall\""},
+		{"upnp\n", "want \"upnp allow|deny\""},
+		{"upnp maybe\n", "maybe"},
+		{"upnp deny\nupnp allow\n", "line 2: policy syntax error: second \"upnp\""},
 	} {
 		_, err := ParseLocal([]byte(tc.src))
 		if !errors.Is(err, ErrSyntax) || !strings.Contains(err.Error(), tc.want) {
