@@ -89,99 +89,104 @@ func blastWorkload(t *testing.T, dir string, jobs, checks int) (string, map[stri
 	return path, want
 }
 
-// TestSlurmBLASTSaboteurs runs a BLAST workload through pvc-certify on a
-// real Slurm pool of six slurmd nodes in the lab, two of which are
-// saboteurs (their job wrapper corrupts blastn's output, each its own
-// way). The saboteurs must end up blacklisted with evidence, no honest
-// node may be, and every accepted result must equal an honest run's.
-func TestSlurmBLASTSaboteurs(t *testing.T) {
-	netlab.RequireRoot(t)
-	netlab.RequireTools(t, "munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel",
-		"makeblastdb", "blastn", "nsenter", "unshare", "awk")
-	begin := time.Now()
-	lab := netlab.New(t, netlab.Spec{Sites: []netlab.SiteSpec{{Name: "grid", Kind: netlab.Cone, Hosts: 7}}})
-	site := lab.Site("grid")
-	// With br_netfilter loaded (this machine), frames bridged between two
-	// hosts of a site's LAN traverse the router's FORWARD chain, whose
-	// policy is DROP: hosts of one site could not reach each other.
-	// Allow LAN-to-LAN forwarding on this lab's router.
-	if _, err := site.Router.Run(context.Background(), "iptables", "-I", "FORWARD", "-i", "lan0", "-o", "lan0", "-j", "ACCEPT"); err != nil {
-		t.Fatal(err)
-	}
-	ctl := site.Hosts[0]
-	nodes := map[string]*netlab.Host{}
-	var names []string
-	for i, h := range site.Hosts[1:] {
-		n := fmt.Sprintf("n%d", i+1)
-		nodes[n] = h
-		names = append(names, n)
-	}
-	saboteurs := []string{"n2", "n5"}
+// blastRun is what a lab run of pvc-certify over Slurm needs besides the
+// pool: the BLAST workload with its honest answers, the job wrapper every
+// node runs jobs through and the saboteurs' scripts mounted over it, and
+// a freshly built pvc-certify.
+type blastRun struct {
+	dir       string // everything below, removed at the end
+	work      string // the job file's directory (shared by every node)
+	jobFile   string
+	want      map[string][]byte // job name -> honest result
+	wrapper   string
+	saboteurs []string
+	binds     map[string][2]string // saboteur node -> {its script, wrapper}
+	bin       string               // pvc-certify
+}
 
+// newBLASTRun prepares a workload of jobs BLAST jobs and checks
+// known-answer checks, and a corrupting wrapper for each saboteur.
+func newBLASTRun(t *testing.T, jobs, checks int, saboteurs []string) *blastRun {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "pvc-certify-lab-")
 	must(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	must(t, os.Chmod(dir, 0o755))
-	work := filepath.Join(dir, "work")
-	must(t, os.MkdirAll(work, 0o755))
-	jobFile, want := blastWorkload(t, work, 18, 3)
+	r := &blastRun{dir: dir, work: filepath.Join(dir, "work"), saboteurs: saboteurs, binds: map[string][2]string{}}
+	must(t, os.MkdirAll(r.work, 0o755))
+	r.jobFile, r.want = blastWorkload(t, r.work, jobs, checks)
 
 	// Every node runs jobs through the same wrapper path; on a
 	// saboteur's node another file is mounted over it.
-	wrapper := filepath.Join(dir, "job-wrapper")
-	must(t, os.WriteFile(wrapper, []byte("#!/bin/sh\nexec \"$@\"\n"), 0o755))
-	binds := map[string][2]string{}
+	r.wrapper = filepath.Join(dir, "job-wrapper")
+	must(t, os.WriteFile(r.wrapper, []byte("#!/bin/sh\nexec \"$@\"\n"), 0o755))
 	for i, n := range saboteurs {
 		sab := filepath.Join(dir, "sabotage-"+n)
 		// Lower the percent identity column by a node-specific amount.
 		script := fmt.Sprintf("#!/bin/sh\n\"$@\" | awk -v OFS='\\t' '{ $3 = sprintf(\"%%.3f\", $3 - 0.%d); print }'\n", i+3)
 		must(t, os.WriteFile(sab, []byte(script), 0o755))
-		binds[n] = [2]string{sab, wrapper}
+		r.binds[n] = [2]string{sab, r.wrapper}
 	}
-	bin := buildCertify(t, dir)
-	pool := startSlurm(t, filepath.Join(dir, "slurm"), ctl, names, nodes, binds)
-	t.Logf("lab and Slurm pool (%d slurmd) up in %v", len(names), time.Since(begin).Round(time.Millisecond))
+	r.bin = buildCertify(t, dir)
+	return r
+}
 
+// blastFigures are the figures of a certification run, from its report.
+type blastFigures struct {
+	Jobs, Accepted      int
+	TasksRun            int     `json:"tasks_run"`
+	ReplicaTasks        int     `json:"replica_tasks"`
+	Checks              int     `json:"spot_checks"`
+	ChecksFailed        int     `json:"spot_checks_failed"`
+	ReplicasPerAccepted float64 `json:"replicas_per_accepted"`
+	Rerun               int
+	Blacklisted         []string
+	ElapsedSeconds      float64 `json:"elapsed_seconds"`
+	// The second run's (6 jobs with the first run's state).
+	Second struct {
+		TasksRun       int     `json:"tasks_run"`
+		ElapsedSeconds float64 `json:"elapsed_seconds"`
+	} `json:"-"`
+}
+
+// certify runs pvc-certify on the pool's controller host and checks the
+// outcome: exactly the saboteurs blacklisted, with evidence and without
+// credits; every accepted result byte-equal to the honest run's; credits
+// recorded. A second run with the same state must keep the blacklisted
+// nodes out (Slurm's --exclude): no re-run, nobody new blacklisted.
+func (r *blastRun) certify(t *testing.T, pool *slurmPool) blastFigures {
+	t.Helper()
+	ctl := pool.ctl
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	state := filepath.Join(dir, "state.json")
-	report := filepath.Join(dir, "report.json")
-	results := filepath.Join(dir, "results")
+	state := filepath.Join(r.dir, "state.json")
+	report := filepath.Join(r.dir, "report.json")
+	results := filepath.Join(r.dir, "results")
 	runStart := time.Now()
-	out, err := ctl.Run(ctx, bin, "run", "--scheduler", "slurm", "--slurm-conf", pool.conf, "--slurm-wrapper", wrapper,
+	out, err := ctl.Run(ctx, r.bin, "run", "--scheduler", "slurm", "--slurm-conf", pool.conf, "--slurm-wrapper", r.wrapper,
 		"--slurm-poll", "100ms", "--replicas", "2", "--spot-every", "5", "--seed", "1",
-		"--state", state, "--report", report, "--out", results, jobFile)
+		"--state", state, "--report", report, "--out", results, r.jobFile)
 	runTime := time.Since(runStart)
 	t.Logf("pvc-certify run (%v):\n%s", runTime.Round(time.Millisecond), out)
 	if err != nil {
 		t.Fatalf("pvc-certify run: %v", err)
 	}
-	hostsOut, err := ctl.Run(ctx, bin, "hosts", "--state", state)
+	hostsOut, err := ctl.Run(ctx, r.bin, "hosts", "--state", state)
 	t.Logf("pvc-certify hosts:\n%s", hostsOut)
 	must(t, err)
 
-	var rep struct {
-		Jobs, Accepted      int
-		TasksRun            int     `json:"tasks_run"`
-		ReplicaTasks        int     `json:"replica_tasks"`
-		Checks              int     `json:"spot_checks"`
-		ChecksFailed        int     `json:"spot_checks_failed"`
-		ReplicasPerAccepted float64 `json:"replicas_per_accepted"`
-		Rerun               int
-		Blacklisted         []string
-		ElapsedSeconds      float64 `json:"elapsed_seconds"`
-	}
+	var rep blastFigures
 	data, err := os.ReadFile(report)
 	must(t, err)
 	must(t, json.Unmarshal(data, &rep))
-	if rep.Jobs != len(want) || rep.Accepted != len(want) {
-		t.Errorf("report: %d jobs, %d accepted; want %d and %d", rep.Jobs, rep.Accepted, len(want), len(want))
+	if rep.Jobs != len(r.want) || rep.Accepted != len(r.want) {
+		t.Errorf("report: %d jobs, %d accepted; want %d and %d", rep.Jobs, rep.Accepted, len(r.want), len(r.want))
 	}
 	slices.Sort(rep.Blacklisted)
-	if !slices.Equal(rep.Blacklisted, saboteurs) {
-		t.Errorf("blacklisted %v, want exactly the saboteurs %v", rep.Blacklisted, saboteurs)
+	if !slices.Equal(rep.Blacklisted, r.saboteurs) {
+		t.Errorf("blacklisted %v, want exactly the saboteurs %v", rep.Blacklisted, r.saboteurs)
 	}
-	for n, w := range want {
+	for n, w := range r.want {
 		got, err := os.ReadFile(filepath.Join(results, n+".out"))
 		if err != nil {
 			t.Errorf("accepted result of %s: %v", n, err)
@@ -206,9 +211,9 @@ func TestSlurmBLASTSaboteurs(t *testing.T) {
 	must(t, err)
 	must(t, json.Unmarshal(data, &st))
 	credited := 0.0
-	for _, n := range names {
+	for _, n := range pool.names {
 		h := st.Hosts[n]
-		isSab := slices.Contains(saboteurs, n)
+		isSab := slices.Contains(r.saboteurs, n)
 		if h.Blacklisted != isSab {
 			t.Errorf("host %s: blacklisted %v, saboteur %v", n, h.Blacklisted, isSab)
 		}
@@ -226,18 +231,20 @@ func TestSlurmBLASTSaboteurs(t *testing.T) {
 	// A second run with the same state: Slurm's --exclude keeps the
 	// blacklisted nodes out, so nothing disagrees and nobody is new on
 	// the blacklist.
-	lines, err := os.ReadFile(jobFile)
+	lines, err := os.ReadFile(r.jobFile)
 	must(t, err)
-	second := filepath.Join(work, "second.jobs")
+	second := filepath.Join(r.work, "second.jobs")
 	must(t, os.WriteFile(second, []byte(strings.Join(strings.SplitAfter(string(lines), "\n")[:6], "")), 0o644))
-	report2 := filepath.Join(dir, "report2.json")
-	out, err = ctl.Run(ctx, bin, "run", "--scheduler", "slurm", "--slurm-conf", pool.conf, "--slurm-wrapper", wrapper,
+	report2 := filepath.Join(r.dir, "report2.json")
+	out, err = ctl.Run(ctx, r.bin, "run", "--scheduler", "slurm", "--slurm-conf", pool.conf, "--slurm-wrapper", r.wrapper,
 		"--slurm-poll", "100ms", "--spot-every", "0", "--state", state, "--report", report2, "--out", "", second)
 	t.Logf("second pvc-certify run:\n%s", out)
 	must(t, err)
 	var rep2 struct {
 		Accepted, Rerun int
+		TasksRun        int `json:"tasks_run"`
 		Blacklisted     []string
+		ElapsedSeconds  float64 `json:"elapsed_seconds"`
 		Results         []struct {
 			Job   string
 			Hosts []string
@@ -249,13 +256,41 @@ func TestSlurmBLASTSaboteurs(t *testing.T) {
 	if rep2.Accepted != 6 || rep2.Rerun != 0 || len(rep2.Blacklisted) != 0 {
 		t.Errorf("second run: %d accepted, %d re-run, blacklisted %v: want 6, 0, none", rep2.Accepted, rep2.Rerun, rep2.Blacklisted)
 	}
-	for _, r := range rep2.Results {
-		for _, h := range r.Hosts {
-			if slices.Contains(saboteurs, h) {
-				t.Errorf("second run: job %s ran on blacklisted %s", r.Job, h)
+	for _, res := range rep2.Results {
+		for _, h := range res.Hosts {
+			if slices.Contains(r.saboteurs, h) {
+				t.Errorf("second run: job %s ran on blacklisted %s", res.Job, h)
 			}
 		}
 	}
+	rep.Second.TasksRun, rep.Second.ElapsedSeconds = rep2.TasksRun, rep2.ElapsedSeconds
+	return rep
+}
+
+// TestSlurmBLASTSaboteurs runs a BLAST workload through pvc-certify on a
+// real Slurm pool of six slurmd nodes in the lab, two of which are
+// saboteurs (their job wrapper corrupts blastn's output, each its own
+// way). The saboteurs must end up blacklisted with evidence, no honest
+// node may be, and every accepted result must equal an honest run's.
+func TestSlurmBLASTSaboteurs(t *testing.T) {
+	netlab.RequireRoot(t)
+	netlab.RequireTools(t, "munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scancel",
+		"makeblastdb", "blastn", "nsenter", "unshare", "awk")
+	begin := time.Now()
+	lab := netlab.New(t, netlab.Spec{Sites: []netlab.SiteSpec{{Name: "grid", Kind: netlab.Cone, Hosts: 7}}})
+	site := lab.Site("grid")
+	ctl := site.Hosts[0]
+	nodes := map[string]*netlab.Host{}
+	var names []string
+	for i, h := range site.Hosts[1:] {
+		n := fmt.Sprintf("n%d", i+1)
+		nodes[n] = h
+		names = append(names, n)
+	}
+	r := newBLASTRun(t, 18, 3, []string{"n2", "n5"})
+	pool := startSlurm(t, filepath.Join(r.dir, "slurm"), underlay(ctl, names, nodes, r.binds))
+	t.Logf("lab and Slurm pool (%d slurmd) up in %v", len(names), time.Since(begin).Round(time.Millisecond))
+	rep := r.certify(t, pool)
 	t.Logf("BLAST on Slurm: %d jobs accepted, %d tasks run (%d replicas for jobs, %.2f per accepted result, %d re-runs, %d spot-checks of which %d failed), saboteurs %v blacklisted, %.1f s certifying, %v in all",
 		rep.Accepted, rep.TasksRun, rep.ReplicaTasks, rep.ReplicasPerAccepted, rep.Rerun, rep.Checks, rep.ChecksFailed,
 		rep.Blacklisted, rep.ElapsedSeconds, time.Since(begin).Round(time.Millisecond))

@@ -3,6 +3,7 @@ package certify
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,9 +25,32 @@ type slurmPool struct {
 	procs []*netlab.Proc
 }
 
+// slurmSpec says where a Slurm pool runs and by which addresses its
+// daemons reach each other: the hosts' own (underlay) addresses, or the
+// PVC overlay's 240.x addresses of the pvcd running in each host.
+type slurmSpec struct {
+	Ctl     *netlab.Host            // runs munged, slurmctld and the client commands
+	CtlAddr netip.Addr              // SlurmctldHost's address
+	Names   []string                // node names, in order
+	Nodes   map[string]*netlab.Host // node name -> host
+	Addrs   map[string]netip.Addr   // node name -> NodeAddr
+	// Binds, by node name, is a file mounted over another in that
+	// slurmd's own mount namespace (which its jobs inherit).
+	Binds map[string][2]string
+}
+
+// underlay returns the spec of a pool that uses the hosts' own addresses.
+func underlay(ctl *netlab.Host, names []string, nodes map[string]*netlab.Host, binds map[string][2]string) slurmSpec {
+	addrs := map[string]netip.Addr{}
+	for _, n := range names {
+		addrs[n] = nodes[n].Addr
+	}
+	return slurmSpec{Ctl: ctl, CtlAddr: ctl.Addr, Names: names, Nodes: nodes, Addrs: addrs, Binds: binds}
+}
+
 // slurmConf returns a minimal slurm.conf (LAB.md's pitfalls): linuxproc
 // proctrack, no task plugin, no accounting, a spool directory per node.
-func slurmConf(dir string, ctl *netlab.Host, names []string, nodes map[string]*netlab.Host) string {
+func slurmConf(dir string, ctlAddr netip.Addr, names []string, addrs map[string]netip.Addr) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `ClusterName=pvccert
 SlurmctldHost=ctl(%s)
@@ -53,20 +77,21 @@ ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
 MinJobAge=600
-`, ctl.Addr, dir)
+`, ctlAddr, dir)
 	for _, n := range names {
-		fmt.Fprintf(&b, "NodeName=%s NodeAddr=%s CPUs=1 State=UNKNOWN\n", n, nodes[n].Addr)
+		fmt.Fprintf(&b, "NodeName=%s NodeAddr=%s CPUs=1 State=UNKNOWN\n", n, addrs[n])
 	}
 	fmt.Fprintf(&b, "PartitionName=grid Nodes=%s Default=YES MaxTime=INFINITE State=UP\n", strings.Join(names, ","))
 	return b.String()
 }
 
-// startSlurm starts munged, slurmctld and the slurmds (each node's
-// bindMounts are mounted in its slurmd's own mount namespace, which its
+// startSlurm starts munged, slurmctld and the slurmds of spec (each
+// node's Binds are mounted in its slurmd's own mount namespace, which its
 // jobs inherit), registers them with the lab (ended by PID at the end)
 // and waits until every node is idle.
-func startSlurm(t *testing.T, dir string, ctl *netlab.Host, names []string, nodes map[string]*netlab.Host, bindMounts map[string][2]string) *slurmPool {
+func startSlurm(t *testing.T, dir string, spec slurmSpec) *slurmPool {
 	t.Helper()
+	ctl, names, nodes := spec.Ctl, spec.Names, spec.Nodes
 	p := &slurmPool{dir: dir, ctl: ctl, nodes: nodes, names: names, conf: filepath.Join(dir, "slurm.conf")}
 	for _, d := range []string{"munge", "ctld", "spool"} {
 		must(t, os.MkdirAll(filepath.Join(dir, d), 0o755))
@@ -79,7 +104,7 @@ func startSlurm(t *testing.T, dir string, ctl *netlab.Host, names []string, node
 	f.Close()
 	must(t, err)
 	must(t, os.WriteFile(filepath.Join(dir, "munge", "key"), key, 0o400))
-	must(t, os.WriteFile(p.conf, []byte(slurmConf(dir, ctl, names, nodes)), 0o644))
+	must(t, os.WriteFile(p.conf, []byte(slurmConf(dir, spec.CtlAddr, names, spec.Addrs)), 0o644))
 	start := func(h *netlab.Host, argv ...string) *netlab.Proc {
 		pr, err := h.Start(argv...)
 		if err != nil {
@@ -110,7 +135,7 @@ func startSlurm(t *testing.T, dir string, ctl *netlab.Host, names []string, node
 	for _, n := range names {
 		must(t, os.MkdirAll(filepath.Join(dir, "spool", n), 0o755))
 		script := fmt.Sprintf("hostname %s && ", n)
-		if bm, ok := bindMounts[n]; ok {
+		if bm, ok := spec.Binds[n]; ok {
 			script += fmt.Sprintf("mount --bind %s %s && ", bm[0], bm[1])
 		}
 		script += fmt.Sprintf("SLURM_CONF=%s exec slurmd -D -N %s -f %s", p.conf, n, p.conf)
