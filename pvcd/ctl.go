@@ -57,8 +57,8 @@ func statusVerb() cli.Verb {
 		if asJSON {
 			return printJSON(stdout, st)
 		}
-		fmt.Fprintf(stdout, "%s.%s  %s on %s (subnet %s), up %v, %d peers known, %d active\n",
-			st.Name, st.Cluster, st.VirtualIP, st.Interface, st.Subnet, time.Since(st.Since).Round(time.Second), st.Peers, st.Active)
+		fmt.Fprintf(stdout, "%s.%s  %s on %s (subnet %s), port %d, up %v, %d peers known, %d active\n",
+			st.Name, st.Cluster, st.VirtualIP, st.Interface, st.Subnet, st.Port, time.Since(st.Since).Round(time.Second), st.Peers, st.Active)
 		for _, b := range st.Brokers {
 			state := "connected"
 			if !b.Connected {

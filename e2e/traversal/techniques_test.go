@@ -2,6 +2,9 @@ package traversal
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -103,5 +106,64 @@ func TestTechniquesOff(t *testing.T) {
 	}
 	if peer.Path != "relay" || !strings.Contains(peer.Why, "ice off") {
 		t.Fatalf("with --paths none: path %q why %q, want relay and 'ice off'", peer.Path, peer.Why)
+	}
+}
+
+// TestUPnPByPvcd: pvcd at a UPnP site maps its port on the real
+// miniupnpd (the description names the cluster and the host), a peer
+// reaches it on the mapping, and `pvcd down` deletes the mapping; with
+// "upnp deny" in the local policy nothing is mapped and the peer's path
+// is a punched hole instead.
+func TestUPnPByPvcd(t *testing.T) {
+	netlab.RequireTools(t, "upnpc")
+	pol := filepath.Join(t.TempDir(), "local.txt")
+	if err := os.WriteFile(pol, []byte("upnp deny\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, deny := range []bool{false, true} {
+		t.Run(map[bool]string{false: "allowed", true: "denied"}[deny], func(t *testing.T) {
+			var extra []string
+			if deny {
+				extra = []string{"--local-policy", pol}
+			}
+			c, p1, p2 := startPair(t, netlab.Cone, netlab.UPnP, nil, extra...)
+			site := c.Lab.Site("s2")
+			list := func() string {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				out, err := site.Hosts[0].Run(ctx, "upnpc", "-i", "-u", site.UPnPRootDesc(), "-l")
+				if err != nil {
+					t.Fatalf("upnpc -l: %v\n%s", err, out)
+				}
+				return out
+			}
+			want := fmt.Sprintf("%d->%s:%d 'pvc lab p2'", p2.Status.Port, site.Hosts[0].Addr, p2.Status.Port)
+			if _, err := netlab.Transfer(p1.Host, p2.Host, p2.Status.VirtualIP, 0, 1<<20); err != nil {
+				t.Fatal(err)
+			}
+			wantPath := "upnp"
+			if deny {
+				wantPath = "punched"
+			}
+			if p, took := waitPathKind(t, p1, "p2", 10*time.Second, is(wantPath)); p != wantPath {
+				t.Fatalf("path p1 → p2: %q after %v, want %s\n%s", p, took, wantPath, list())
+			}
+			l := list()
+			if strings.Contains(l, want) == deny {
+				t.Fatalf("mapping %q listed: %v, want %v:\n%s", want, !deny, !deny, l)
+			}
+			if deny {
+				if out := p2.Proc.Output(); !strings.Contains(out, "UPnP off: the local policy denies it") {
+					t.Errorf("p2 does not say UPnP is off:\n%s", grepLines(out, "UPnP", "upnp"))
+				}
+				return
+			}
+			if err := p2.Proc.Stop(10 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if l := list(); strings.Contains(l, "'pvc lab p2'") {
+				t.Fatalf("mapping left after pvcd stopped:\n%s", l)
+			}
+		})
 	}
 }

@@ -39,6 +39,7 @@ type Status struct {
 	VirtualIP netip.Addr     `json:"virtual_ip"`
 	Subnet    netip.Prefix   `json:"subnet"`
 	Interface string         `json:"interface"`
+	Port      uint16         `json:"port"` // WireGuard's UDP port, and the TCP techniques' port
 	Domain    string         `json:"domain"`
 	Since     time.Time      `json:"since"`
 	Brokers   []BrokerStatus `json:"brokers"`

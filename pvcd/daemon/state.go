@@ -279,6 +279,9 @@ func (a probeAuth) Verify(peer string, msg, sig []byte) bool {
 func (d *daemon) Status() control.Status {
 	st := control.Status{Cluster: d.bundle.Cluster, Name: d.cert.Name, VirtualIP: d.cert.IP, Subnet: d.bundle.Subnet,
 		Interface: d.cfg.Interface, Domain: d.bundle.Domain, Since: d.since, Version: d.cfg.Version}
+	if o := d.overlayOrNil(); o != nil {
+		st.Port = o.Port()
+	}
 	connected := map[string]bool{}
 	for _, a := range d.client.Connected() {
 		connected[a] = true
