@@ -7,8 +7,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -19,21 +17,10 @@ import (
 var bin string // directory of the freshly built binaries
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "pvc-e2e-bin")
+	dir, err := vcluster.BuildBinaries()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
-	}
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = "/usr/local/go/bin/go"
-	}
-	for pkg, out := range map[string]string{"pvcd": "pvcd", "broker": "pvc-broker"} {
-		cmd := exec.Command(goTool, "build", "-o", filepath.Join(dir, out), "github.com/pvc-project/pvc/"+pkg)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, b)
-			os.Exit(1)
-		}
 	}
 	bin = dir
 	code := m.Run()
