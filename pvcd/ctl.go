@@ -89,14 +89,27 @@ func peersVerb() cli.Verb {
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tVIRTUAL IP\tPATH\tREMOTE\tHANDSHAKE\tIN\tOUT")
+		var why []string
 		for _, p := range peers {
 			hs := "never"
 			if !p.LastHandshake.IsZero() {
 				hs = time.Since(p.LastHandshake).Round(time.Second).String() + " ago"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", p.Name, p.VirtualIP, p.Path, p.Remote, hs, p.BytesIn, p.BytesOut)
+			if p.Why != "" {
+				why = append(why, fmt.Sprintf("%s: %s", p.Name, p.Why))
+			}
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if len(why) > 0 {
+			fmt.Fprintln(stdout, "\nwhy not better:")
+			for _, w := range why {
+				fmt.Fprintln(stdout, "  "+w)
+			}
+		}
+		return nil
 	}}
 }
 

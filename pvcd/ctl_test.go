@@ -20,7 +20,7 @@ func (b *ctlBackend) Status() control.Status {
 		Brokers: []control.BrokerStatus{{Addr: "203.0.113.10:7000", Connected: true, Observed: "203.0.113.101:40000"}}}
 }
 func (b *ctlBackend) Peers() []control.Peer {
-	return []control.Peer{{Name: "n2", VirtualIP: netip.MustParseAddr("240.1.0.2"), Path: "relay"}}
+	return []control.Peer{{Name: "n2", VirtualIP: netip.MustParseAddr("240.1.0.2"), Path: "relay", Why: "ice failed: no answer"}}
 }
 func (b *ctlBackend) Ping(ctx context.Context, peer string) (control.PingResult, error) {
 	if peer != "n2" {
@@ -56,6 +56,7 @@ func TestControlVerbs(t *testing.T) {
 		{[]string{"status", "--state-dir", dir}, "sees us as 203.0.113.101:40000"},
 		{[]string{"status", "--json", "--state-dir", dir}, `"virtual_ip": "240.1.0.1"`},
 		{[]string{"peers", "--state-dir", dir}, "n2    240.1.0.2"},
+		{[]string{"peers", "--state-dir", dir}, "why not better:\n  n2: ice failed: no answer"},
 		{[]string{"peers", "--json", "--state-dir", dir}, `"path": "relay"`},
 		{[]string{"ping", "n2", "--state-dir", dir}, "n2 (240.1.0.2) via relay: 1.50 ms"},
 		{[]string{"down", "--state-dir", dir}, "is shutting down"},
