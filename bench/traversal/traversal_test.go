@@ -2,6 +2,7 @@ package traversalbench
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -20,6 +21,10 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
+		os.Exit(m.Run()) // no benchmark asked for (go test ./...): nothing to build
+	}
 	dir, err := vcluster.BuildBinaries()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
