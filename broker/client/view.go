@@ -225,7 +225,9 @@ func (v *View) addLocked(raw []byte, now time.Time) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		v.cache.put(cacheKey(v.ts.Bundle().MasterKey, raw), c)
+		if v.cache != nil {
+			v.cache.put(cacheKey(v.ts.Bundle().MasterKey, raw), c)
+		}
 		return v.mergeCertLocked(c), nil
 	case signed.KindEndpoints:
 		if cur := v.endpoints[o.Subject]; cur != nil && bytes.Equal(cur.Encode(), raw) {
