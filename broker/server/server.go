@@ -231,12 +231,12 @@ func (s *Server) Held(cluster string, kind signed.Kind, subject string) (uint64,
 	return 0, false
 }
 
-// ListenAndServe listens on the given addresses (udp and metrics may be
-// empty) and serves until ctx ends.
 // UDPBuffer is the socket buffer size asked for the UDP relay socket (the
 // kernel caps it at net.core.rmem_max/wmem_max).
 const UDPBuffer = 4 << 20
 
+// ListenAndServe listens on the given addresses (udp and metrics may be
+// empty) and serves until ctx ends.
 func (s *Server) ListenAndServe(ctx context.Context, tcp, udp, metricsAddr string) error {
 	var l Listeners
 	var lc net.ListenConfig
