@@ -115,8 +115,9 @@ func transferPort(t testing.TB, from, to *netlab.Host, dst netip.Addr, port uint
 // TestOverlayAcrossNATs: a peer at a cone, a symmetric and a udp-blocked
 // site each reach a public peer over the overlay with a kernel TCP
 // transfer of 20 MiB checked with SHA-256. The cone and symmetric peers
-// get a direct path (the public peer learns their NAT's address from
-// their probes); the udp-blocked peer stays on the relay.
+// get a direct path to the public peer, which answers on their NAT's
+// address learnt from their probes (punched, from its side); the
+// udp-blocked peer stays on the relay (this test has no TCP techniques).
 func TestOverlayAcrossNATs(t *testing.T) {
 	l := netlab.New(t, netlab.Spec{Internet: []string{"srv1"}, Sites: []netlab.SiteSpec{
 		{Name: "pub", Kind: netlab.Public},
@@ -130,10 +131,13 @@ func TestOverlayAcrossNATs(t *testing.T) {
 	defer cancel()
 	relay := bindtest.NewRelay()
 	pub := newNode(t, ctx, &wg, relay, l.Site("pub").Hosts[0], "pub", netip.MustParseAddr("240.9.0.1"))
+	// The NATed side reaches the public peer's own address (direct); the
+	// public side answers on the address the peer's NAT gave it, which is
+	// no address of the peer's own (punched).
 	for i, tc := range []struct {
-		site string
-		want bind.PathKind
-	}{{"cone", bind.PathDirect}, {"sym", bind.PathDirect}, {"ub", bind.PathRelay}} {
+		site          string
+		want, pubWant bind.PathKind
+	}{{"cone", bind.PathDirect, bind.PathPunched}, {"sym", bind.PathDirect, bind.PathPunched}, {"ub", bind.PathRelay, bind.PathRelay}} {
 		t.Run(tc.site, func(t *testing.T) {
 			n := newNode(t, ctx, &wg, relay, l.Site(tc.site).Hosts[0], tc.site, netip.AddrFrom4([4]byte{240, 9, 0, byte(10 + i)}))
 			n.addPeer(t, pub, true, pub.addr())
@@ -152,8 +156,8 @@ func TestOverlayAcrossNATs(t *testing.T) {
 			if s.TxBytes < 20<<20 || s.LastHandshake.IsZero() {
 				t.Errorf("device counters: sent %d bytes, handshake %v", s.TxBytes, s.LastHandshake)
 			}
-			if ps := pub.path(tc.site); !ps.Active || ps.Path != tc.want {
-				t.Errorf("the public side sees %s as %+v, want active on a %s path", tc.site, ps, tc.want)
+			if ps := pub.path(tc.site); !ps.Active || ps.Path != tc.pubWant {
+				t.Errorf("the public side sees %s as %+v, want active on a %s path", tc.site, ps, tc.pubWant)
 			}
 		})
 	}
