@@ -133,7 +133,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	d := &daemon{cfg: cfg, log: log, bundle: b, cert: crt, sk: sk, local: local, since: time.Now(), stop: stop}
+	d := &daemon{cfg: cfg, log: log, bundle: b, cert: crt, sk: sk, local: local, since: time.Now(), stop: stop, verified: map[string]*cert.Cert{}}
 	// The brokers. Relayed datagrams go to the overlay once it exists.
 	d.client, err = client.New(client.Config{Bundle: b, Cert: raw, Key: sk, UDP: true, Logger: log.With("part", "broker"),
 		OnRelay: func(from string, data []byte) {

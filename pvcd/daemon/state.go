@@ -44,6 +44,8 @@ type daemon struct {
 
 	pm atomic.Pointer[pathManager] // set once the overlay runs
 
+	verified map[string]*cert.Cert // certificate objects whose signature sync verified (sync's goroutine only)
+
 	mu      sync.Mutex // guards ov, policyV
 	ov      *overlay.Overlay
 	policyV uint64 // version of the global policy in the filter; 0: none yet
@@ -97,7 +99,15 @@ func (d *daemon) sync(v *client.View, known map[string]bool) {
 		if ts != nil {
 			rev = ts
 		}
-		if err := c.Verify(d.bundle.MasterKey, d.bundle.Cluster, now, rev); err != nil {
+		// The signature of a certificate object verified before is not
+		// checked again; validity and revocation are, at every change.
+		var err error
+		if d.verified[c.Name] == c {
+			err = c.CheckValid(d.bundle.Cluster, now, rev)
+		} else if err = c.Verify(d.bundle.MasterKey, d.bundle.Cluster, now, rev); err == nil {
+			d.verified[c.Name] = c
+		}
+		if err != nil {
 			continue
 		}
 		seen[c.Name] = true
@@ -123,6 +133,7 @@ func (d *daemon) sync(v *client.View, known map[string]bool) {
 	for name := range known {
 		if !seen[name] {
 			_ = o.RemovePeer(name)
+			delete(d.verified, name)
 			if pm := d.pm.Load(); pm != nil {
 				pm.removed(name)
 			}

@@ -207,6 +207,13 @@ func (c *Cert) Verify(masterPub ed25519.PublicKey, cluster string, now time.Time
 		}
 		return fmt.Errorf("verify certificate %q: %w", c.Name, ErrBadSignature)
 	}
+	return c.CheckValid(cluster, now, rev)
+}
+
+// CheckValid does what Verify does after the signature: cluster, validity
+// period, revocation. For a certificate whose signature was verified
+// before (the same object): a peer's view calls it at every change.
+func (c *Cert) CheckValid(cluster string, now time.Time, rev Revocation) error {
 	if c.Cluster != cluster {
 		return fmt.Errorf("verify certificate %q: %w: %q, want %q", c.Name, ErrOtherCluster, c.Cluster, cluster)
 	}

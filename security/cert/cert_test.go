@@ -91,6 +91,15 @@ func TestAttacks(t *testing.T) {
 		if err := c.Verify(sectest.Pub(1), "lab", tc.at, tc.rev); !errors.Is(err, tc.want) {
 			t.Errorf("%s: Verify = %v, want %v", tc.name, err, tc.want)
 		}
+		// CheckValid: everything but the signature.
+		err = c.CheckValid("lab", tc.at, tc.rev)
+		if tc.want == ErrWrongSigner {
+			if err != nil {
+				t.Errorf("%s: CheckValid = %v, want nil (it does not check the signature)", tc.name, err)
+			}
+		} else if !errors.Is(err, tc.want) {
+			t.Errorf("%s: CheckValid = %v, want %v", tc.name, err, tc.want)
+		}
 	}
 	if err := good.Verify(sectest.Pub(1), "lab", now, revoked{41: true}); err != nil {
 		t.Errorf("other serial revoked: %v", err)
