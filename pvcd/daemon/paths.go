@@ -109,8 +109,19 @@ type pathManager struct {
 	expect  map[netip.AddrPort]expected
 	queues  [ttcpQueues]bool // NFQUEUE numbers in use by Traversing-TCP dials
 	inject  map[string]*tokens
+	// injected is when we last injected a peer's SYN description.
+	injected map[string]time.Time
 	// brokerSince is when a broker session was first seen up.
 	brokerSince time.Time
+}
+
+// injectedLately reports whether a Traversing-TCP dial of the peer is
+// probably under way: we injected its SYN less than 5 s ago (a dial's
+// bound).
+func (m *pathManager) injectedLately(peer string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return time.Since(m.injected[peer]) < 5*time.Second
 }
 
 // udpBlocked reports whether our UDP seems blocked: a broker session has
@@ -199,7 +210,7 @@ const (
 
 func newPathManager(d *daemon, o *overlay.Overlay, tech Techniques) *pathManager {
 	return &pathManager{d: d, o: o, tech: tech, why: map[string]map[string]string{}, tcpBusy: map[string]bool{}, tcpLast: map[string]time.Time{},
-		expect: map[netip.AddrPort]expected{}, inject: map[string]*tokens{}}
+		expect: map[netip.AddrPort]expected{}, inject: map[string]*tokens{}, injected: map[string]time.Time{}}
 }
 
 // start opens what the techniques need: ICE's agents on the shared socket
@@ -358,6 +369,7 @@ func (m *pathManager) removed(peer string) {
 	delete(m.why, peer)
 	delete(m.tcpLast, peer)
 	delete(m.inject, peer)
+	delete(m.injected, peer)
 	m.mu.Unlock()
 }
 
@@ -453,6 +465,12 @@ func (m *pathManager) tcpTechniques(peer string) {
 	if m.tech[TechTTCP] {
 		if m.d.cert.Name > peer {
 			time.Sleep(ttcpTurn) // the peer dials first
+			// While its dial is under way (we injected its SYN lately),
+			// a dial of ours would race it: two streams, each side
+			// keeping a different one. Wait for it to end.
+			for i := 0; i < 50 && !done() && m.injectedLately(peer); i++ {
+				time.Sleep(100 * time.Millisecond)
+			}
 			if done() {
 				return
 			}
@@ -582,6 +600,7 @@ func (m *pathManager) injectSYN(peer string, payload []byte) error {
 	}
 	m.mu.Lock()
 	m.expect[syn.Src] = expected{peer: peer, kind: bind.PathTTCP, until: time.Now().Add(10 * time.Second)}
+	m.injected[peer] = time.Now()
 	m.mu.Unlock()
 	return m.ttcp.Inject(syn, local)
 }
