@@ -36,10 +36,12 @@ fuzz:
 	@scripts/fuzz-all.sh $(FUZZTIME)
 
 # Benchmarks (root for the lab ones). Figures are ratios against a
-# reference measured in the same run. bench/certify is the saboteur
+# reference measured in the same run; -p 1: one package at a time, so that
+# no benchmark shares the machine with another (bench/dataplane takes
+# ~15 min and writes bench/results/dataplane/). bench/certify is the saboteur
 # simulation (the paper's Figure 8), written to bench/results/certify.
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 30m ./...
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 30m ./...
 
 # Builds a lab (Internet, brokers' hosts, one site of every kind) and waits
 # so that a person can enter its hosts; Ctrl-C tears it down.
