@@ -260,11 +260,11 @@ func (p viewPeers) PeerByIP(ip netip.Addr) (policy.Peer, bool) {
 	}
 	pp := policy.Peer{Name: c.Name, Groups: c.Groups}
 	if r := v.Endpoints(c.Name); r != nil {
-		for _, e := range r.Endpoints {
-			if e.Kind == endpoint.Observed {
-				pp.Underlay = e.Addr.Addr()
-				break
-			}
+		// Its public address: the observed one, else its UPnP mapping or
+		// its own address (a record lists an address once, so a host
+		// without NAT has no separate observed entry).
+		if ap, ok := public(r.Endpoints); ok {
+			pp.Underlay = ap.Addr()
 		}
 	}
 	return pp, true
