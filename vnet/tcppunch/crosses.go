@@ -1,7 +1,7 @@
 package tcppunch
 
 // crossTable lists, per site kind, the kinds that TCP simultaneous open
-// crosses to, as the lab measured (TestPunchMatrix), without and with the
+// crosses to, as the lab measured (BenchmarkPunchMatrix), without and with the
 // low-TTL first SYN (Config.OpenTTL); Crosses reads it both ways round.
 // docs/traversal.md explains it.
 var crossTable = map[string][2][]string{

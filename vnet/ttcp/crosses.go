@@ -1,6 +1,6 @@
 package ttcp
 
-// crossTable is what the lab measured (TestTraversingTCPMatrix): for a
+// crossTable is what the lab measured (BenchmarkTraversingTCPMatrix): for a
 // server site kind, the client site kinds that Traversing-TCP crosses,
 // without and with the server's low-TTL opening SYN (ServerConfig.OpenTTL).
 // docs/traversal.md explains each row.
