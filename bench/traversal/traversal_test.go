@@ -175,7 +175,9 @@ func BenchmarkFirstConnection(b *testing.B) {
 	_ = path
 }
 
-func ms(d time.Duration) string { return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 2, 64) }
+func ms(d time.Duration) string {
+	return strconv.FormatFloat(float64(d.Microseconds())/1000, 'f', 2, 64)
+}
 
 func median(ds []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), ds...)
