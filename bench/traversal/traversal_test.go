@@ -25,15 +25,7 @@ func TestMain(m *testing.M) {
 	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
 		os.Exit(m.Run()) // no benchmark asked for (go test ./...): nothing to build
 	}
-	dir, err := vcluster.BuildBinaries()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	vcluster.Main(m, &bin)
 }
 
 // technique is one measured pair: from the site named from to the site

@@ -5,8 +5,6 @@ package cluster
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"testing"
 	"time"
 
@@ -16,17 +14,7 @@ import (
 
 var bin string // directory of the freshly built binaries
 
-func TestMain(m *testing.M) {
-	dir, err := vcluster.BuildBinaries()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { vcluster.Main(m, &bin) }
 
 // newCluster builds the lab and a cluster "lab" with one broker on b1.
 func newCluster(t *testing.T, spec netlab.Spec) *vcluster.Cluster {

@@ -4,8 +4,6 @@
 package traversal
 
 import (
-	"fmt"
-	"os"
 	"testing"
 
 	"github.com/pvc-project/pvc/e2e/vcluster"
@@ -13,14 +11,4 @@ import (
 
 var bin string // directory of the freshly built binaries
 
-func TestMain(m *testing.M) {
-	dir, err := vcluster.BuildBinaries()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = dir
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { vcluster.Main(m, &bin) }

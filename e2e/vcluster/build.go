@@ -27,3 +27,17 @@ func BuildBinaries() (string, error) {
 	}
 	return dir, nil
 }
+
+// Main is a test package's TestMain: it builds the binaries into *bin, runs
+// the tests, removes the binaries and exits with the tests' code.
+func Main(m interface{ Run() int }, bin *string) {
+	dir, err := BuildBinaries()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*bin = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
