@@ -708,10 +708,15 @@ func (m *pathManager) acceptTCP(ctx context.Context) {
 	}
 }
 
+// shortErr returns the innermost part of an error's text (after its last
+// ": "), without the closing parentheses of the outer parts.
 func shortErr(err error) string {
 	s := err.Error()
 	if i := strings.LastIndex(s, ": "); i >= 0 {
-		return s[i+2:]
+		s = s[i+2:]
+	}
+	for strings.Count(s, ")") > strings.Count(s, "(") {
+		s = strings.TrimSuffix(s, ")")
 	}
 	return s
 }

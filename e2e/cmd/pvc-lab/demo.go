@@ -60,6 +60,7 @@ everything down (also on Ctrl-C).`, stdout)
 		{Name: "cone", Kind: netlab.Cone},
 		{Name: "fw", Kind: netlab.Firewall},
 		{Name: "sym", Kind: netlab.Symmetric},
+		{Name: "ub", Kind: netlab.UDPBlocked},
 	}}
 	l, err := build(ctx, spec, io.Discard)
 	if err != nil {
@@ -73,7 +74,7 @@ everything down (also on Ctrl-C).`, stdout)
 		}
 		say("\ntorn down in %v: processes, TUN devices, namespaces, files", time.Since(start).Round(time.Millisecond))
 	}()
-	say("== lab %s: a broker on the Internet, sites: master (public), cone1 (cone NAT), fw1 (firewall), sym1 (symmetric NAT)", l.ID)
+	say("== lab %s: a broker on the Internet, sites: master (public), cone1 (cone NAT), fw1 (firewall), sym1 (symmetric NAT), ub1 (NAT that blocks UDP)", l.ID)
 	dir, err := os.MkdirTemp("", "pvc-demo")
 	if err != nil {
 		return err
@@ -87,7 +88,7 @@ everything down (also on Ctrl-C).`, stdout)
 	if err := c.Init(); err != nil {
 		return err
 	}
-	tok, err := c.Token(3)
+	tok, err := c.Token(4)
 	if err != nil {
 		return err
 	}
@@ -97,7 +98,7 @@ everything down (also on Ctrl-C).`, stdout)
 		return err
 	}
 	nodes := map[string]*vcluster.Node{}
-	for _, s := range []struct{ site, name string }{{"cone", "cone1"}, {"fw", "fw1"}, {"sym", "sym1"}} {
+	for _, s := range []struct{ site, name string }{{"cone", "cone1"}, {"fw", "fw1"}, {"sym", "sym1"}, {"ub", "ub1"}} {
 		n, err := c.Up(l.Site(s.site).Hosts[0], s.name, "--join", tok)
 		if err != nil {
 			return err
@@ -115,7 +116,7 @@ everything down (also on Ctrl-C).`, stdout)
 
 	say("\n== ping by name (pvcd's DNS, then the overlay)")
 	cone, sym := nodes["cone1"], nodes["sym1"]
-	for _, to := range []string{"master", "fw1", "sym1"} {
+	for _, to := range []string{"master", "fw1", "sym1", "ub1"} {
 		out, err := cone.Host.Run(ctx, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "5", to+".demo.pvc")
 		say("cone1 -> %-16s %s", to+".demo.pvc", lastLines(out, err, 2))
 	}
@@ -155,8 +156,8 @@ everything down (also on Ctrl-C).`, stdout)
 	say("%s", strings.TrimRight(lastLines(out, err, 20), "\n"))
 
 	say("\n== summary")
-	say("4 hosts in 4 administrative domains (public, cone NAT, firewall, symmetric NAT) form one virtual")
-	say("IP cluster in %s; names, paths and throughput above; %v from an empty machine to here.", c.Nodes["master"].Status.Subnet, time.Since(t0).Round(time.Millisecond))
+	say("5 hosts in 5 administrative domains (public, cone NAT, firewall, symmetric NAT, UDP-blocking NAT) form")
+	say("one virtual IP cluster in %s; names, paths and throughput above; %v from an empty machine to here.", c.Nodes["master"].Status.Subnet, time.Since(t0).Round(time.Millisecond))
 	if *keep {
 		say("\nthe cluster stays up until Ctrl-C; enter a host with: ip netns exec %s bash", cone.Host.NS)
 		<-ctx.Done()
