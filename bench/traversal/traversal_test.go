@@ -70,7 +70,7 @@ func BenchmarkFirstConnection(b *testing.B) {
 		{Name: "sb", Kind: netlab.Symmetric, Shape: shape},
 	}}
 	l := netlab.New(b, spec)
-	c := vcluster.New(l, "lab", bin, b.TempDir())
+	c := vcluster.NewT(b, l, "lab", bin)
 	if err := c.StartBroker(l.Internet("b1")); err != nil {
 		b.Fatal(err)
 	}

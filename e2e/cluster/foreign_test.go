@@ -62,7 +62,7 @@ func TestForeignMasterCannotReach(t *testing.T) {
 	}
 
 	// The foreign cluster: same name, same subnet, another master key.
-	r := vcluster.New(c.Lab, c.Name, bin, t.TempDir())
+	r := vcluster.NewT(t, c.Lab, c.Name, bin)
 	if err := r.StartBroker(c.Lab.Internet("b2")); err != nil {
 		t.Fatal(err)
 	}

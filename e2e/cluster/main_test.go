@@ -20,7 +20,7 @@ func TestMain(m *testing.M) { vcluster.Main(m, &bin) }
 func newCluster(t *testing.T, spec netlab.Spec) *vcluster.Cluster {
 	t.Helper()
 	l := netlab.New(t, spec)
-	c := vcluster.New(l, "lab", bin, t.TempDir())
+	c := vcluster.NewT(t, l, "lab", bin)
 	if err := c.StartBroker(l.Internet("b1")); err != nil {
 		t.Fatal(err)
 	}

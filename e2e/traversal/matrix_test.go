@@ -80,7 +80,7 @@ func TestNATMatrix(t *testing.T) {
 		}
 	}
 	l := netlab.New(t, spec)
-	c := vcluster.New(l, "lab", bin, t.TempDir())
+	c := vcluster.NewT(t, l, "lab", bin)
 	if err := c.StartBroker(l.Internet("b1")); err != nil {
 		t.Fatal(err)
 	}

@@ -167,7 +167,7 @@ func TestPathChanges(t *testing.T) {
 		{Name: "b", Kind: netlab.Cone},
 	}})
 	netlab.RequireTools(t, "conntrack", "iptables")
-	c := vcluster.New(l, "lab", bin, t.TempDir())
+	c := vcluster.NewT(t, l, "lab", bin)
 	if err := c.StartBroker(l.Internet("b1")); err != nil {
 		t.Fatal(err)
 	}

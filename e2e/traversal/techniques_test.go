@@ -20,7 +20,7 @@ func startPair(t *testing.T, k1, k2 netlab.Kind, wrap2 []string, extra ...string
 	t.Helper()
 	l := netlab.New(t, netlab.Spec{Internet: []string{"b1"}, Sites: []netlab.SiteSpec{
 		{Name: "mast", Kind: netlab.Public}, {Name: "s1", Kind: k1}, {Name: "s2", Kind: k2}}})
-	c = vcluster.New(l, "lab", bin, t.TempDir())
+	c = vcluster.NewT(t, l, "lab", bin)
 	if err := c.StartBroker(l.Internet("b1")); err != nil {
 		t.Fatal(err)
 	}
