@@ -9,7 +9,7 @@ import (
 )
 
 // NewT is New for a test: the cluster's files go to a directory of its
-// own, and at the end of the test every pvcd of the cluster is stopped
+// own, and at the end of the test every pvcd and broker of the cluster is stopped
 // (SIGTERM, as `pvcd down`) before that directory is removed, and both
 // before the lab is torn down. (A t.TempDir made after the lab would be
 // removed while the daemons still run from it.)
@@ -27,11 +27,15 @@ func NewT(tb testing.TB, lab *netlab.Lab, name, bin string) *Cluster {
 	return c
 }
 
-// StopAll stops every pvcd of the cluster, each given grace to exit.
+// StopAll stops every pvcd of the cluster, then its brokers, each given
+// grace to exit.
 func (c *Cluster) StopAll(grace time.Duration) {
 	for _, n := range c.Nodes {
 		if n.Proc != nil {
 			_ = n.Proc.Stop(grace)
 		}
+	}
+	for _, p := range c.brokerProcs {
+		_ = p.Stop(grace)
 	}
 }

@@ -21,12 +21,13 @@ import (
 
 // Cluster is a virtual cluster being run in a lab.
 type Cluster struct {
-	Name    string // cluster name
-	Lab     *netlab.Lab
-	Bin     string   // directory holding pvcd and pvc-broker
-	Dir     string   // master key, bundle, state dirs, hosts files
-	Brokers []string // HOST:PORT=KEY of the running brokers
-	Nodes   map[string]*Node
+	Name        string // cluster name
+	Lab         *netlab.Lab
+	Bin         string   // directory holding pvcd and pvc-broker
+	Dir         string   // master key, bundle, state dirs, hosts files
+	Brokers     []string // HOST:PORT=KEY of the running brokers
+	Nodes       map[string]*Node
+	brokerProcs []*netlab.Proc
 	// Wrap, by node name, is a command that pvcd runs under (e.g.
 	// setpriv dropping a capability); nil: none.
 	Wrap map[string][]string
@@ -70,6 +71,7 @@ func (c *Cluster) StartBroker(h *netlab.Host) error {
 	if err != nil {
 		return err
 	}
+	c.brokerProcs = append(c.brokerProcs, p)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		sc := bufio.NewScanner(strings.NewReader(p.Output()))
