@@ -79,8 +79,11 @@ everything down (also on Ctrl-C).`, stdout)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
 	c := vcluster.New(l, "demo", *binDir, dir)
+	defer func() {
+		c.StopAll(5 * time.Second) // before their files go (the lab's teardown comes after)
+		os.RemoveAll(dir)
+	}()
 	if err := c.StartBroker(l.Internet("b1")); err != nil {
 		return err
 	}
