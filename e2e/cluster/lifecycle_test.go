@@ -60,6 +60,18 @@ func TestRevokeAndCrash(t *testing.T) {
 	if b, _ := os.ReadFile(cone.Hosts); !strings.Contains(string(b), "BEGIN pvc lab") {
 		t.Errorf("expected the killed pvcd's stale hosts block (the restart must replace it): %q", b)
 	}
+	// Traversing-TCP's firewall rules outlive a kill -9; the restart
+	// removes them before it adds its own (and pvcd down removes those).
+	ttcpRules := func() int {
+		out, err := cone.Host.Run(ctx, "iptables-save")
+		if err != nil {
+			t.Fatalf("iptables-save: %v\n%s", err, out)
+		}
+		return strings.Count(out, `--comment "pvc-ttcp injected SYN"`)
+	}
+	if n := ttcpRules(); n != 1 {
+		t.Errorf("after kill -9: %d Traversing-TCP rules for injected SYNs, want the killed pvcd's 1", n)
+	}
 	// Restart: no token, the saved certificate is used.
 	again, err := c.Up(cone.Host, "cone1")
 	if err != nil {
@@ -91,6 +103,9 @@ func TestRevokeAndCrash(t *testing.T) {
 	if _, err := again.Peer(ctx, "fw1"); err == nil {
 		t.Error("the restarted cone1 lists the revoked fw1")
 	}
+	if n := ttcpRules(); n != 1 {
+		t.Errorf("after the restart: %d Traversing-TCP rules for injected SYNs, want 1", n)
+	}
 	if err := control.NewClient(again.State).Down(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -105,5 +120,8 @@ func TestRevokeAndCrash(t *testing.T) {
 	}
 	if out, _ := again.Host.Run(ctx, "ip", "link", "show", "pvc0"); !strings.Contains(out, "does not exist") {
 		t.Errorf("pvc0 left after pvcd down: %s", out)
+	}
+	if out, _ := again.Host.Run(ctx, "iptables-save"); strings.Contains(out, "pvc-ttcp") {
+		t.Errorf("Traversing-TCP rules left after pvcd down:\n%s", out)
 	}
 }

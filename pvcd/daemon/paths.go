@@ -256,18 +256,13 @@ func (m *pathManager) start(ctx context.Context, run func(func())) error {
 		}
 	}
 	if m.tcp != nil && m.tech[TechTTCP] {
-		if err := ttcp.Available(); err != nil {
+		if err := m.startTTCP(); err != nil {
 			m.d.log.Info("Traversing-TCP off", "why", err)
 			m.tech[TechTTCP] = false
 			m.ttcpOff = err.Error()
-		} else if srv, err := ttcp.NewServer(ttcp.ServerConfig{Addr: netip.PrefixFrom(m.d.cert.IP, 32), OpenTTL: ttcpOpenTTL}); err != nil {
-			m.d.log.Info("Traversing-TCP off", "why", err)
-			m.tech[TechTTCP] = false
-			m.ttcpOff = err.Error()
-		} else {
-			m.ttcp = srv
 		}
 	}
+
 	if m.tech[TechUPnP] && m.d.local != nil && m.d.local.UPnP == policy.Deny {
 		m.tech[TechUPnP] = false
 		m.d.log.Info("UPnP off: the local policy denies it")
@@ -302,6 +297,25 @@ func (m *pathManager) close() {
 	if m.ttcp != nil {
 		_ = m.ttcp.Close()
 	}
+}
+
+// startTTCP makes the Traversing-TCP server, after removing the rules an
+// earlier run killed with SIGKILL left behind.
+func (m *pathManager) startTTCP() error {
+	if err := ttcp.Available(); err != nil {
+		return err
+	}
+	if n, err := ttcp.RemoveStale(""); err != nil {
+		return err
+	} else if n > 0 {
+		m.d.log.Info("Traversing-TCP: rules of an earlier run removed", "rules", n)
+	}
+	srv, err := ttcp.NewServer(ttcp.ServerConfig{Addr: netip.PrefixFrom(m.d.cert.IP, 32), OpenTTL: ttcpOpenTTL})
+	if err != nil {
+		return err
+	}
+	m.ttcp = srv
+	return nil
 }
 
 // ttcpOpenTTL is the TTL of the SYN a Traversing-TCP server sends first to

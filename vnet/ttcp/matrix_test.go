@@ -297,3 +297,38 @@ func siteName(k netlab.Kind) string {
 		netlab.Symmetric: "sym", netlab.UDPBlocked: "ub", netlab.UPnP: "upnp", netlab.DoubleNAT: "dnat",
 	}[k]
 }
+
+// TestRemoveStale: the rules a killed process left (comments starting with
+// pvc-ttcp, in raw, mangle and filter) are deleted; others are kept.
+func TestRemoveStale(t *testing.T) {
+	lab := netlab.New(t, netlab.Spec{Sites: []netlab.SiteSpec{{Name: "p", Kind: netlab.Public}}})
+	h := lab.Site("p").Hosts[0]
+	ctx := context.Background()
+	for _, args := range [][]string{
+		{"-t", "raw", "-I", "OUTPUT", "-p", "tcp", "--dport", "7001", "-m", "comment", "--comment", "pvc-ttcp opening SYN", "-j", "CT", "--notrack"},
+		{"-t", "mangle", "-I", "PREROUTING", "-p", "tcp", "-m", "comment", "--comment", "pvc-ttcp injected flow", "-j", "ACCEPT"},
+		{"-t", "filter", "-I", "INPUT", "-p", "tcp", "--syn", "-m", "comment", "--comment", "pvc-ttcp injected SYN", "-j", "ACCEPT"},
+		{"-t", "filter", "-I", "INPUT", "-p", "tcp", "--dport", "22", "-m", "comment", "--comment", "the admin rule", "-j", "ACCEPT"},
+	} {
+		if out, err := h.Run(ctx, append([]string{"iptables"}, args...)...); err != nil {
+			t.Fatalf("iptables %v: %v\n%s", args, err, out)
+		}
+	}
+	var n int
+	if err := h.Do(func() (err error) { n, err = ttcp.RemoveStale(""); return }); err != nil {
+		t.Fatal(err)
+	}
+	if n != 3 {
+		t.Errorf("removed %d rules, want 3", n)
+	}
+	out, err := h.Run(ctx, "iptables-save")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "pvc-ttcp") || !strings.Contains(out, "the admin rule") {
+		t.Errorf("after RemoveStale:\n%s", out)
+	}
+	if err := h.Do(func() (err error) { n, err = ttcp.RemoveStale(""); return }); err != nil || n != 0 {
+		t.Errorf("second RemoveStale: %d, %v", n, err)
+	}
+}

@@ -45,3 +45,6 @@ type Dialer struct {
 func (*Dialer) Dial(context.Context, netip.AddrPort, func(context.Context, SYN) error) (net.Conn, error) {
 	return nil, Available()
 }
+
+// RemoveStale needs Linux.
+func RemoveStale(string) (int, error) { return 0, Available() }

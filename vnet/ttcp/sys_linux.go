@@ -128,3 +128,48 @@ func inNS(ns *os.File, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// staleTables are the tables a Dialer or a Server puts rules in.
+var staleTables = []string{"raw", "mangle", "filter"}
+
+// RemoveStale deletes, in the calling thread's network namespace, every
+// iptables rule that a Dialer or Server left behind (their comments start
+// with "pvc-ttcp"), as a process killed with SIGKILL does. Call it once at
+// start, before NewServer, where no other Dialer or Server of this
+// namespace is running. It returns how many rules it deleted.
+func RemoveStale(iptables string) (int, error) {
+	if iptables == "" {
+		iptables = "iptables"
+	}
+	var in strings.Builder
+	n := 0
+	for _, t := range staleTables {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		out, err := exec.CommandContext(ctx, iptables+"-save", "-t", t).Output()
+		cancel()
+		if err != nil {
+			return 0, fmt.Errorf("%s-save -t %s: %w", iptables, t, err)
+		}
+		var dels []string
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "-A ") && strings.Contains(line, `--comment "pvc-ttcp`) {
+				dels = append(dels, "-D "+strings.TrimPrefix(line, "-A "))
+			}
+		}
+		if len(dels) > 0 {
+			fmt.Fprintf(&in, "*%s\n%s\nCOMMIT\n", t, strings.Join(dels, "\n"))
+			n += len(dels)
+		}
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, iptables+"-restore", "-w", "5", "--noflush")
+	cmd.Stdin = strings.NewReader(in.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("%s-restore: %w: %s", iptables, err, strings.TrimSpace(string(out)))
+	}
+	return n, nil
+}
