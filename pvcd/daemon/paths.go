@@ -115,6 +115,18 @@ type pathManager struct {
 	brokerSince time.Time
 }
 
+// expectLocked records a connection we wait for, and forgets the ones
+// whose time is over. m.mu is held.
+func (m *pathManager) expectLocked(from netip.AddrPort, e expected) {
+	now := time.Now()
+	for k, old := range m.expect {
+		if now.After(old.until) {
+			delete(m.expect, k)
+		}
+	}
+	m.expect[from] = e
+}
+
 // injectedLately reports whether a Traversing-TCP dial of the peer is
 // probably under way: we injected its SYN less than 5 s ago (a dial's
 // bound).
@@ -613,7 +625,7 @@ func (m *pathManager) injectSYN(peer string, payload []byte) error {
 		return fmt.Errorf("no local address")
 	}
 	m.mu.Lock()
-	m.expect[syn.Src] = expected{peer: peer, kind: bind.PathTTCP, until: time.Now().Add(10 * time.Second)}
+	m.expectLocked(syn.Src, expected{peer: peer, kind: bind.PathTTCP, until: time.Now().Add(10 * time.Second)})
 	m.injected[peer] = time.Now()
 	m.mu.Unlock()
 	return m.ttcp.Inject(syn, local)
@@ -628,7 +640,6 @@ func (m *pathManager) punch(peer string, start bool) {
 		m.setWhy(peer, TechTCPPunch, "no endpoint record")
 		return
 	}
-	remote = netip.AddrPortFrom(remote.Addr(), remote.Port())
 	if start {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		err := m.d.client.Signal(ctx, peer, proto.SignalOffer, []byte{offerTCPPunch})
@@ -639,7 +650,7 @@ func (m *pathManager) punch(peer string, start bool) {
 		}
 	}
 	m.mu.Lock()
-	m.expect[remote] = expected{peer: peer, kind: bind.PathTCPPunch, until: time.Now().Add(10 * time.Second)}
+	m.expectLocked(remote, expected{peer: peer, kind: bind.PathTCPPunch, until: time.Now().Add(10 * time.Second)})
 	m.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
