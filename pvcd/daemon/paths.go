@@ -95,9 +95,8 @@ type pathManager struct {
 	ice     *vice.Agents // nil: ICE off
 	tcp     net.Listener // nil: TCP off
 	ttcp    *ttcp.Server // nil: Traversing-TCP off (or no privilege)
-	dial    *ttcp.Dialer
-	tcpWhy  string // why the TCP techniques are off, for every peer
-	ttcpOff string // why Traversing-TCP is off
+	tcpWhy  string       // why the TCP techniques are off, for every peer
+	ttcpOff string       // why Traversing-TCP is off
 
 	upnpExt atomic.Pointer[netip.AddrPort] // our mapped endpoint, while mapped
 	upnpWhy atomic.Pointer[string]

@@ -12,7 +12,7 @@ import (
 
 // streamPair connects a and b by a loopback TCP connection and adds it as
 // a stream on both sides (a names b; b learns a's name from the hello).
-func streamPair(t *testing.T, a, b *node, kind PathKind) (errA, errB error, nameA, nameB string) {
+func streamPair(t *testing.T, a, b *node, kind PathKind) (nameA, nameB string, errA, errB error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -52,7 +52,7 @@ func TestStreamCarriesWireGuard(t *testing.T) {
 	relayOff := func() { r.mu.Lock(); r.binds = map[string]*Bind{}; r.mu.Unlock() }
 	relayOff() // only the stream can carry anything
 
-	errA, errB, nameA, nameB := streamPair(t, a, b, PathTTCP)
+	nameA, nameB, errA, errB := streamPair(t, a, b, PathTTCP)
 	if errA != nil || errB != nil {
 		t.Fatalf("AddStream: %v / %v", errA, errB)
 	}
@@ -101,14 +101,14 @@ func TestStreamAuthentication(t *testing.T) {
 	c := newNode(t, ctx, &wg, r, "c", netip.MustParseAddr("240.0.0.3"))
 
 	// a expects c but reaches b: refused on both sides.
-	errA, errB, _, _ := streamPair(t, a, &node{name: "c", bind: b.bind}, PathTCPPunch)
+	_, _, errA, errB := streamPair(t, a, &node{name: "c", bind: b.bind}, PathTCPPunch)
 	if !errors.Is(errA, ErrStreamAuth) && !errors.Is(errB, ErrStreamAuth) {
 		t.Fatalf("a wanted c, got b: errors %v / %v", errA, errB)
 	}
 	// b's signatures stop verifying: a refuses the stream.
 	b.auth.off.Store(true)
 	a.auth.off.Store(true)
-	errA, errB, _, _ = streamPair(t, a, b, PathTCPPunch)
+	_, _, errA, errB = streamPair(t, a, b, PathTCPPunch)
 	if !errors.Is(errA, ErrStreamAuth) || !errors.Is(errB, ErrStreamAuth) {
 		t.Fatalf("forged proofs accepted: %v / %v", errA, errB)
 	}
