@@ -155,9 +155,8 @@ func (s Spec) Validate() error {
 
 // Addresses of the plan.
 var (
-	internetNet = netip.MustParsePrefix("203.0.113.0/24")
-	stunAddr1   = netip.MustParseAddr("203.0.113.2")
-	stunAddr2   = netip.MustParseAddr("203.0.113.3")
+	stunAddr1 = netip.MustParseAddr("203.0.113.2")
+	stunAddr2 = netip.MustParseAddr("203.0.113.3")
 )
 
 func inetAddr(last int) netip.Addr { return netip.AddrFrom4([4]byte{203, 0, 113, byte(last)}) }

@@ -138,7 +138,7 @@ everything down (also on Ctrl-C).`, stdout)
 	npOut := filepath.Join(dir, "np.out")
 	npCtx, npCancel := context.WithTimeout(ctx, 60*time.Second)
 	// (NetPIPE 3.7.2's -p 0 stalls at 16 bytes here: keep its defaults.)
-	out, err = cone.Host.Run(npCtx, "NPtcp", "-h", sym.Status.VirtualIP.String(), "-u", "262144", "-o", npOut)
+	_, err = cone.Host.Run(npCtx, "NPtcp", "-h", sym.Status.VirtualIP.String(), "-u", "262144", "-o", npOut)
 	npCancel()
 	_ = recv.Stop(time.Second)
 	if err != nil {
