@@ -3,6 +3,7 @@ package netlab
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -276,4 +277,38 @@ func Transfer(from, to *Host, dst netip.Addr, port uint16, size int) (float64, e
 		return 0, fmt.Errorf("transfer to %v: SHA-256 mismatch", dst)
 	}
 	return float64(size) * 8 / time.Since(start).Seconds() / 1e6, nil
+}
+
+// Exchange sends size random bytes each way over a and b (the two ends of
+// one connection) at once, checks their SHA-256 on arrival, and gives up
+// after 10 s.
+func Exchange(a, b net.Conn, size int) error {
+	one := func(w, r net.Conn) error {
+		data := make([]byte, size)
+		_, _ = rand.Read(data)
+		want := sha256.Sum256(data)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := w.Write(data)
+			errc <- err
+		}()
+		h := sha256.New()
+		if _, err := io.CopyN(h, r, int64(size)); err != nil {
+			return fmt.Errorf("read: %w", err)
+		}
+		if err := <-errc; err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		if !bytes.Equal(h.Sum(nil), want[:]) {
+			return errors.New("checksum mismatch")
+		}
+		return nil
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	a.SetDeadline(deadline)
+	b.SetDeadline(deadline)
+	errc := make(chan error, 2)
+	go func() { errc <- one(a, b) }()
+	go func() { errc <- one(b, a) }()
+	return errors.Join(<-errc, <-errc)
 }

@@ -1,13 +1,9 @@
 package tcppunch_test
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -18,39 +14,6 @@ import (
 	"github.com/pvc-project/pvc/e2e/netlab"
 	"github.com/pvc-project/pvc/vnet/tcppunch"
 )
-
-// exchange sends size random bytes each way over a and b at once and
-// checks their SHA-256 on arrival.
-func exchange(a, b net.Conn, size int) error {
-	one := func(w, r net.Conn) error {
-		data := make([]byte, size)
-		_, _ = rand.Read(data)
-		want := sha256.Sum256(data)
-		errc := make(chan error, 1)
-		go func() {
-			_, err := w.Write(data)
-			errc <- err
-		}()
-		h := sha256.New()
-		if _, err := io.CopyN(h, r, int64(size)); err != nil {
-			return fmt.Errorf("read: %w", err)
-		}
-		if err := <-errc; err != nil {
-			return fmt.Errorf("write: %w", err)
-		}
-		if !bytes.Equal(h.Sum(nil), want[:]) {
-			return errors.New("checksum mismatch")
-		}
-		return nil
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	a.SetDeadline(deadline)
-	b.SetDeadline(deadline)
-	errc := make(chan error, 2)
-	go func() { errc <- one(a, b) }()
-	go func() { errc <- one(b, a) }()
-	return errors.Join(<-errc, <-errc)
-}
 
 // end is one side of a punch: a lab host, its public address (the port is
 // predicted to be the local one) and the local port.
@@ -100,7 +63,7 @@ func punchPairSkew(ctx context.Context, cfg tcppunch.Config, a, b end, port uint
 	if err := errors.Join(x.err, y.err); err != nil {
 		return 0, err
 	}
-	return max(x.took, y.took), exchange(x.c, y.c, 256<<10)
+	return max(x.took, y.took), netlab.Exchange(x.c, y.c, 256<<10)
 }
 
 func TestPunchUDPBlockedSites(t *testing.T) {

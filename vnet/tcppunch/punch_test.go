@@ -1,13 +1,8 @@
 package tcppunch
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
-	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"runtime"
@@ -15,40 +10,8 @@ import (
 	"time"
 
 	"github.com/pvc-project/pvc/broker/brokertest"
+	"github.com/pvc-project/pvc/e2e/netlab"
 )
-
-// exchange sends size random bytes each way over a and b at once and
-// checks their SHA-256 on arrival.
-func exchange(a, b net.Conn, size int) error {
-	one := func(w, r net.Conn) error {
-		data := make([]byte, size)
-		_, _ = rand.Read(data)
-		want := sha256.Sum256(data)
-		errc := make(chan error, 1)
-		go func() {
-			_, err := w.Write(data)
-			errc <- err
-		}()
-		h := sha256.New()
-		if _, err := io.CopyN(h, r, int64(size)); err != nil {
-			return fmt.Errorf("read: %w", err)
-		}
-		if err := <-errc; err != nil {
-			return fmt.Errorf("write: %w", err)
-		}
-		if !bytes.Equal(h.Sum(nil), want[:]) {
-			return errors.New("checksum mismatch")
-		}
-		return nil
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	a.SetDeadline(deadline)
-	b.SetDeadline(deadline)
-	errc := make(chan error, 2)
-	go func() { errc <- one(a, b) }()
-	go func() { errc <- one(b, a) }()
-	return errors.Join(<-errc, <-errc)
-}
 
 func freePort(t *testing.T) netip.AddrPort {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
@@ -81,7 +44,7 @@ func TestPunchLoopback(t *testing.T) {
 	if x.c.LocalAddr().String() != y.c.RemoteAddr().String() || x.c.RemoteAddr().String() != y.c.LocalAddr().String() {
 		t.Errorf("different connections: %v-%v and %v-%v", x.c.LocalAddr(), x.c.RemoteAddr(), y.c.LocalAddr(), y.c.RemoteAddr())
 	}
-	if err := exchange(x.c, y.c, 1<<20); err != nil {
+	if err := netlab.Exchange(x.c, y.c, 1<<20); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -105,7 +68,7 @@ func TestPunchAcceptsPlainDial(t *testing.T) {
 		t.Fatal(x.err)
 	}
 	defer x.c.Close()
-	if err := exchange(x.c, y, 64<<10); err != nil {
+	if err := netlab.Exchange(x.c, y, 64<<10); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -3,11 +3,8 @@ package ttcp_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -22,39 +19,6 @@ import (
 	"github.com/pvc-project/pvc/e2e/netlab"
 	"github.com/pvc-project/pvc/vnet/ttcp"
 )
-
-// exchange sends size random bytes each way over a and b at once and
-// checks their SHA-256 on arrival.
-func exchange(a, b net.Conn, size int) error {
-	one := func(w, r net.Conn) error {
-		data := make([]byte, size)
-		_, _ = rand.Read(data)
-		want := sha256.Sum256(data)
-		errc := make(chan error, 1)
-		go func() {
-			_, err := w.Write(data)
-			errc <- err
-		}()
-		h := sha256.New()
-		if _, err := io.CopyN(h, r, int64(size)); err != nil {
-			return fmt.Errorf("read: %w", err)
-		}
-		if err := <-errc; err != nil {
-			return fmt.Errorf("write: %w", err)
-		}
-		if !bytes.Equal(h.Sum(nil), want[:]) {
-			return errors.New("checksum mismatch")
-		}
-		return nil
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	a.SetDeadline(deadline)
-	b.SetDeadline(deadline)
-	errc := make(chan error, 2)
-	go func() { errc <- one(a, b) }()
-	go func() { errc <- one(b, a) }()
-	return errors.Join(<-errc, <-errc)
-}
 
 // listen opens an ordinary TCP listener in h's namespace.
 func listen(t testing.TB, h *netlab.Host, port uint16) net.Listener {
@@ -214,7 +178,7 @@ func TestTraversingTCPHostFirewallOverBroker(t *testing.T) {
 	if got, want := sc.RemoteAddr().(*net.TCPAddr).AddrPort(), conn.LocalAddr().(*net.TCPAddr).AddrPort(); got.Port() != want.Port() || got.Addr() != lab.Site("cli").PublicAddr {
 		t.Errorf("accepted from %v, want %v:%d", got, lab.Site("cli").PublicAddr, want.Port())
 	}
-	if err := exchange(conn, sc, 1<<20); err != nil {
+	if err := netlab.Exchange(conn, sc, 1<<20); err != nil {
 		t.Fatal(err)
 	}
 

@@ -74,7 +74,7 @@ func ttcpOnce(ctx context.Context, srv *netlab.Host, server *ttcp.Server, srvPub
 		return took, errors.New("client connected, server accepted nothing")
 	}
 	defer sc.Close()
-	return took, exchange(conn, sc, 64<<10)
+	return took, netlab.Exchange(conn, sc, 64<<10)
 }
 
 // BenchmarkTraversingTCPMatrix measures which (server, client) site kinds
