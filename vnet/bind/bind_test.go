@@ -82,6 +82,19 @@ func newNode(t *testing.T, ctx context.Context, wg *sync.WaitGroup, r *memRelay,
 	return n
 }
 
+// twoNodes starts nodes a (240.0.0.1) and b (240.0.0.2) on a shared
+// in-memory relay; they stop when the test ends.
+func twoNodes(t *testing.T) (*memRelay, *node, *node) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	r := &memRelay{binds: map[string]*Bind{}}
+	a := newNode(t, ctx, &wg, r, "a", netip.MustParseAddr("240.0.0.1"))
+	b := newNode(t, ctx, &wg, r, "b", netip.MustParseAddr("240.0.0.2"))
+	return r, a, b
+}
+
 func (n *node) addPeer(t *testing.T, o *node) {
 	t.Helper()
 	conf := "public_key=" + hex.EncodeToString(o.pub[:]) + "\nendpoint=peer:" + o.name + "\nallowed_ip=" + o.ip.String() + "/32\n"
@@ -150,13 +163,7 @@ func waitPath(t *testing.T, b *Bind, peer string, want PathKind, within time.Dur
 // it without losing packets, and falls back to the relay when the direct
 // path stops answering.
 func TestRelayThenDirectThenFallback(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	r := &memRelay{binds: map[string]*Bind{}}
-	a := newNode(t, ctx, &wg, r, "a", netip.MustParseAddr("240.0.0.1"))
-	b := newNode(t, ctx, &wg, r, "b", netip.MustParseAddr("240.0.0.2"))
+	_, a, b := twoNodes(t)
 	a.addPeer(t, b)
 	b.addPeer(t, a)
 
@@ -204,13 +211,7 @@ func TestRelayThenDirectThenFallback(t *testing.T) {
 // TestUnknownSourceDropped: a WireGuard-looking datagram from an address
 // that is no confirmed path is dropped and counted.
 func TestUnknownSourceDropped(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	r := &memRelay{binds: map[string]*Bind{}}
-	a := newNode(t, ctx, &wg, r, "a", netip.MustParseAddr("240.0.0.1"))
-	b := newNode(t, ctx, &wg, r, "b", netip.MustParseAddr("240.0.0.2"))
+	_, a, b := twoNodes(t)
 	ep, err := b.bind.std.ParseEndpoint(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), a.localPort(t)).String())
 	if err != nil {
 		t.Fatal(err)

@@ -1,10 +1,8 @@
 package bind
 
 import (
-	"context"
 	"errors"
 	"net"
-	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -40,13 +38,7 @@ func streamPair(t *testing.T, a, b *node, kind PathKind) (nameA, nameB string, e
 }
 
 func TestStreamCarriesWireGuard(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	r := &memRelay{binds: map[string]*Bind{}}
-	a := newNode(t, ctx, &wg, r, "a", netip.MustParseAddr("240.0.0.1"))
-	b := newNode(t, ctx, &wg, r, "b", netip.MustParseAddr("240.0.0.2"))
+	r, a, b := twoNodes(t)
 	a.addPeer(t, b)
 	b.addPeer(t, a)
 	relayOff := func() { r.mu.Lock(); r.binds = map[string]*Bind{}; r.mu.Unlock() }
@@ -91,14 +83,7 @@ func TestStreamCarriesWireGuard(t *testing.T) {
 }
 
 func TestStreamAuthentication(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	r := &memRelay{binds: map[string]*Bind{}}
-	a := newNode(t, ctx, &wg, r, "a", netip.MustParseAddr("240.0.0.1"))
-	b := newNode(t, ctx, &wg, r, "b", netip.MustParseAddr("240.0.0.2"))
-	c := newNode(t, ctx, &wg, r, "c", netip.MustParseAddr("240.0.0.3"))
+	_, a, b := twoNodes(t)
 
 	// a expects c but reaches b: refused on both sides.
 	_, _, errA, errB := streamPair(t, a, &node{name: "c", bind: b.bind}, PathTCPPunch)
@@ -115,7 +100,6 @@ func TestStreamAuthentication(t *testing.T) {
 	if a.bind.HasStream("b") || b.bind.HasStream("a") {
 		t.Fatal("a refused stream was kept")
 	}
-	_ = c
 	// Garbage instead of a hello.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
