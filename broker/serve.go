@@ -21,6 +21,7 @@ type serveConfig struct {
 	StateDir  string           // keys and registry; required
 	PeerBroks []netip.AddrPort // other replicas to synchronise with
 	Metrics   netip.AddrPort   // Prometheus text endpoint; zero: none
+	Pprof     netip.AddrPort   // Go's net/http/pprof endpoint (profiling); zero: none
 	Bundles   [][]byte         // cluster bundles to serve (checked)
 	Limits    server.Limits    // zero fields: the server's defaults
 }
@@ -32,6 +33,7 @@ func parseServe(args []string, stdout io.Writer) (*serveConfig, error) {
 	udp := fs.String("udp", "", "UDP `HOST:PORT` for STUN (default: the --listen address)")
 	state := fs.String("state", "", "`DIR` for the broker's key and registry, kept across restarts (required)")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on `HOST:PORT` (default: none)")
+	pprofAddr := fs.String("pprof", "", "serve Go's profiling endpoints (/debug/pprof/) on `HOST:PORT`, for investigations; keep it on loopback (default: none)")
 	var peers, bundles cli.Multi
 	fs.Var(&peers, "peer-broker", "`HOST:PORT` of another replica to synchronise with (repeatable, or comma-separated)")
 	fs.Var(&bundles, "bundle", "cluster bundle `FILE` (NAME.cluster) to serve (repeatable); bundles in DIR/clusters are served too")
@@ -75,6 +77,11 @@ func parseServe(args []string, stdout io.Writer) (*serveConfig, error) {
 	}
 	if *metrics != "" {
 		if cfg.Metrics, err = parseAddrPort("--metrics", *metrics); err != nil {
+			return nil, err
+		}
+	}
+	if *pprofAddr != "" {
+		if cfg.Pprof, err = parseAddrPort("--pprof", *pprofAddr); err != nil {
 			return nil, err
 		}
 	}
@@ -154,6 +161,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		log.Info("created the broker key", "file", cfg.StateDir+"/"+server.KeyFile)
 	}
 	fmt.Fprintln(stdout, srv.Identity(cfg.Listen.String()))
+	if cfg.Pprof.IsValid() {
+		stop, err := servePprof(ctx, cfg.Pprof.String())
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	var metrics string
 	if cfg.Metrics.IsValid() {
 		metrics = cfg.Metrics.String()

@@ -33,6 +33,7 @@ func TestServeFlagsBadInput(t *testing.T) {
 		{[]string{"--listen", "203.0.113.10:7000", "--state", "d", "extra"}, `unexpected argument "extra"`},
 		{[]string{"--bogus"}, "flag provided but not defined: -bogus"},
 		{append(good(), "--metrics", "localhost:9100"), `--metrics "localhost:9100": want IP:PORT`},
+		{append(good(), "--pprof", "localhost:6060"), `--pprof "localhost:6060": want IP:PORT`},
 		{append(good(), "--bundle", "/nonexistent/lab.cluster"), "--bundle /nonexistent/lab.cluster: open"},
 		{append(good(), "--bundle", garbage), "not a cluster bundle"},
 		{append(good(), "--max-sessions", "0"), `--max-sessions "0": want a positive integer`},

@@ -48,9 +48,12 @@ var (
 
 func TestMain(m *testing.M) {
 	if h := os.Getenv(helperEnv); h != "" { // the join storm's peers (helper_test.go)
-		file, want, _ := strings.Cut(h, ",")
-		n, _ := strconv.Atoi(want)
-		if err := runStormHelper(file, n); err != nil {
+		f := strings.SplitN(h, ",", 3)
+		for len(f) < 3 {
+			f = append(f, "")
+		}
+		n, _ := strconv.Atoi(f[1])
+		if err := runStormHelper(f[0], n, f[2]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,7 +37,7 @@ type stormSpec struct {
 // for "go" on stdin, starts them all at once (one shared verification
 // cache), prints "done MS" for each view that holds want certificates and
 // "all MS" at the end, and keeps the sessions until stdin closes.
-func runStormHelper(specFile string, want int) error {
+func runStormHelper(specFile string, want int, profile string) error {
 	raw, err := os.ReadFile(specFile)
 	if err != nil {
 		return err
@@ -70,6 +71,16 @@ func runStormHelper(specFile string, want int) error {
 	if line, err := in.ReadString('\n'); err != nil || strings.TrimSpace(line) != "go" {
 		return fmt.Errorf("helper: got %q (%v), want go", line, err)
 	}
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var run, wait sync.WaitGroup
 	start := time.Now()
@@ -88,8 +99,10 @@ func runStormHelper(specFile string, want int) error {
 	go func() { wait.Wait(); close(waited) }()
 	select {
 	case <-waited:
+		pprof.StopCPUProfile()
 		say("all %d", time.Since(start).Microseconds())
 	case <-time.After(3 * time.Minute):
+		pprof.StopCPUProfile()
 		say("timeout")
 	}
 	io.Copy(io.Discard, in) // until the parent closes stdin
@@ -107,7 +120,9 @@ type stormChild struct {
 	done  chan struct{}
 }
 
-func startStormChild(tb testing.TB, l *lab, peers []*peer, want int) *stormChild {
+// profile, if not empty, is where the helper writes its CPU profile of
+// the storm.
+func startStormChild(tb testing.TB, l *lab, peers []*peer, want int, profile string) *stormChild {
 	tb.Helper()
 	spec := stormSpec{Bundle: l.bundle.Encode()}
 	for _, p := range peers {
@@ -122,7 +137,7 @@ func startStormChild(tb testing.TB, l *lab, peers []*peer, want int) *stormChild
 		tb.Fatal(err)
 	}
 	c := &stormChild{cmd: exec.Command(os.Args[0], "-test.run=^$"), done: make(chan struct{})}
-	c.cmd.Env = append(os.Environ(), helperEnv+"="+f+","+strconv.Itoa(want))
+	c.cmd.Env = append(os.Environ(), helperEnv+"="+f+","+strconv.Itoa(want)+","+profile)
 	c.cmd.Stderr = os.Stderr
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if c.stdin, err = c.cmd.StdinPipe(); err != nil {

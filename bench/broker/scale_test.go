@@ -6,6 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -22,9 +25,11 @@ import (
 // Sessions in BenchmarkSessions and peers in BenchmarkJoinStorm (issue 5's
 // figures; smaller values help while investigating).
 var (
-	sessionsN = flag.Int("sessions", 10000, "simulated peer sessions in BenchmarkSessions")
-	stormN    = flag.Int("storm-peers", 1000, "peers in BenchmarkJoinStorm")
-	stormRuns = flag.Int("storm-runs", 3, "storms in BenchmarkJoinStorm (medians are reported)")
+	sessionsN        = flag.Int("sessions", 10000, "simulated peer sessions in BenchmarkSessions")
+	stormN           = flag.Int("storm-peers", 1000, "peers in BenchmarkJoinStorm")
+	stormRuns        = flag.Int("storm-runs", 3, "storms in BenchmarkJoinStorm (medians are reported)")
+	stormProfSeconds = flag.Int("storm-profile-seconds", 8, "length of the broker's CPU profile from the start of a storm (with -storm-profile)")
+	stormProf        = flag.String("storm-profile", "", "write CPU profiles of the broker and of the peers' process during each storm to `DIR` (broker-N.pprof, peers-N.pprof)")
 )
 
 // BenchmarkSessions: one pvc-broker (a child process) holding 10,000
@@ -177,8 +182,8 @@ func BenchmarkJoinStorm(b *testing.B) {
 	raiseNoFile(b, 3*uint64(*stormN))
 	for range b.N {
 		var runs [][]summaryRow
-		for range *stormRuns {
-			runs = append(runs, benchStorm(b, *stormN))
+		for i := range *stormRuns {
+			runs = append(runs, benchStorm(b, *stormN, i))
 		}
 		// Medians over the runs, each run's figure in the note.
 		var out []summaryRow
@@ -200,14 +205,25 @@ func BenchmarkJoinStorm(b *testing.B) {
 	}
 }
 
-func benchStorm(b *testing.B, n int) []summaryRow {
+func benchStorm(b *testing.B, n, run int) []summaryRow {
 	state := b.TempDir()
 	addr := freeAddr(b)
 	key := brokerKey(b, state)
 	l := newLab(b, []bundle.Broker{{Addr: addr, Key: key}})
 	peers := l.peers(b, "p", n)
 	probes := l.peers(b, "sig", 2)
-	br := startBroker(b, state, addr, key, l)
+	var brokerProf, peersProf, pprofAddr string
+	var extra []string
+	if *stormProf != "" {
+		if err := os.MkdirAll(*stormProf, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		brokerProf = filepath.Join(*stormProf, fmt.Sprintf("broker-%d.pprof", run))
+		peersProf = filepath.Join(*stormProf, fmt.Sprintf("peers-%d.pprof", run))
+		pprofAddr = freeAddr(b)
+		extra = []string{"--pprof", pprofAddr}
+	}
+	br := startBroker(b, state, addr, key, l, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
@@ -218,7 +234,7 @@ func benchStorm(b *testing.B, n int) []summaryRow {
 	idle := pg.rounds(ctx, 200, time.Millisecond)
 	before := rss(b, br.PID())
 
-	child := startStormChild(b, l, peers, n+2) // every storm peer and the two probes
+	child := startStormChild(b, l, peers, n+2, peersProf) // every storm peer and the two probes
 
 	// Signals every 5 ms during the storm.
 	stormDone := make(chan struct{})
@@ -245,6 +261,12 @@ func benchStorm(b *testing.B, n int) []summaryRow {
 	childCPU := cpuSeconds(b, child.cmd.Process.Pid)
 	var ds []time.Duration
 	var last time.Duration
+	profiled := make(chan struct{})
+	if brokerProf != "" {
+		go func() { defer close(profiled); fetchProfile(b, pprofAddr, brokerProf, *stormProfSeconds) }()
+	} else {
+		close(profiled)
+	}
 	start := time.Now()
 	if _, err := io.WriteString(child.stdin, "go\n"); err != nil {
 		b.Fatal(err)
@@ -273,6 +295,7 @@ func benchStorm(b *testing.B, n int) []summaryRow {
 	if complete < n {
 		b.Errorf("only %d of %d peers saw every other within %v", complete, n, storm)
 	}
+	<-profiled
 	after := rss(b, br.PID())
 	br.logHealth(b)
 	time.Sleep(200 * time.Millisecond)
@@ -315,5 +338,25 @@ func benchStorm(b *testing.B, n int) []summaryRow {
 		{"signal_rtt_after_p99", "ms", percentile(loaded, 99), "target < 20 ms", "p99-after-ms"},
 		{"verify_per_host", "ms", verify, fmt.Sprintf("one host verifying the %d certificates (no cache), median of 3", len(raws)), "verify-ms/peer"},
 		{"broker_rss_per_subscribed_peer", "KiB", (after - before) / float64(n) / 1024, "broker VmRSS growth over the storm / peers", ""},
+	}
+}
+
+// fetchProfile writes a CPU profile of the broker (its --pprof endpoint)
+// over the next seconds to file.
+func fetchProfile(tb testing.TB, addr, file string, seconds int) {
+	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, seconds))
+	if err != nil {
+		tb.Errorf("broker profile: %v", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		tb.Errorf("broker profile: %v", err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		tb.Errorf("broker profile: %v", err)
 	}
 }
