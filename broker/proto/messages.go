@@ -241,16 +241,39 @@ func (m *Objects) encode(w *wire.Writer) {
 		w.Bytes32(o)
 	}
 }
-func (m *Objects) decode(r *wire.Reader) {
+func (m *Objects) decode(r *wire.Reader) { m.Objects = decodeObjects(r, true) }
+
+func decodeObjects(r *wire.Reader, copied bool) [][]byte {
 	n := r.U32()
 	if n > MaxObjects || int(n) > r.Len()/4 {
 		r.Fail(fmt.Errorf("%d objects", n))
-		return
+		return nil
 	}
-	m.Objects = make([][]byte, 0, n)
+	out := make([][]byte, 0, n)
 	for i := uint32(0); i < n && r.Err() == nil; i++ {
-		m.Objects = append(m.Objects, clone(r.Bytes32(MaxObject)))
+		o := r.Bytes32(MaxObject)
+		if copied {
+			o = clone(o)
+		}
+		out = append(out, o)
 	}
+	return out
+}
+
+// UnmarshalObjectsBorrowed decodes the payload of an Objects frame as
+// Unmarshal does (the same checks), but the objects it returns alias
+// payload: they are valid only as long as payload is not reused, and a
+// caller copies what it keeps. A subscriber's reader decodes its largest
+// and most frequent frames with it, into a buffer it reuses, copying only
+// the objects it has not seen (one allocation per new object instead of
+// one per object and one per frame).
+func UnmarshalObjectsBorrowed(payload []byte) ([][]byte, error) {
+	r := wire.NewReader(payload)
+	objs := decodeObjects(r, false)
+	if err := r.Done(); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrFormat, TypeObjects, err)
+	}
+	return objs, nil
 }
 
 func (m *Signal) encode(w *wire.Writer) {

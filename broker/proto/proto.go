@@ -202,6 +202,23 @@ func AppendFrame(b []byte, m Message) []byte {
 	return w.B
 }
 
+// AppendObjectsFrame appends the frame of an Objects message holding objs
+// to b, as AppendFrame(b, &Objects{Objects: objs}) does, without the
+// message (a broker's writer batches queued objects straight into its
+// write buffer). The caller keeps len(objs) ≤ MaxObjects and the payload
+// ≤ MaxPayload.
+func AppendObjectsFrame(b []byte, objs [][]byte) []byte {
+	start := len(b)
+	b = append(b, byte(TypeObjects), 0, 0, 0, 0)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(objs)))
+	for _, o := range objs {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(o)))
+		b = append(b, o...)
+	}
+	binary.BigEndian.PutUint32(b[start+1:], uint32(len(b)-start-headerSize))
+	return b
+}
+
 // Frame returns the frame of m; ErrTooLarge if its payload exceeds MaxPayload.
 func Frame(m Message) ([]byte, error) {
 	b := AppendFrame(nil, m)
@@ -228,26 +245,45 @@ func ReadFrame(r io.Reader) (Type, []byte, error) { return ReadFrameBuf(r, nil) 
 // reader's reusable buffer: every decoder copies what it keeps, so a
 // message from Unmarshal never refers to the payload).
 func ReadFrameBuf(r io.Reader, buf []byte) (Type, []byte, error) {
-	var h [headerSize]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
+	t, n, err := ReadHeader(r)
+	if err != nil {
 		return 0, nil, err
 	}
-	n := binary.BigEndian.Uint32(h[1:])
-	if n > MaxPayload {
-		return 0, nil, fmt.Errorf("%w: %d bytes", ErrTooLarge, n)
-	}
 	p := buf[:0]
-	if cap(p) < int(n) {
+	if cap(p) < n {
 		p = make([]byte, n)
 	}
 	p = p[:n]
+	if err := ReadPayload(r, p); err != nil {
+		return 0, nil, err
+	}
+	return t, p, nil
+}
+
+// ReadHeader reads a frame's header: its type and the length of its
+// payload (at most MaxPayload). The caller reads the payload with
+// ReadPayload, into a buffer of its choice.
+func ReadHeader(r io.Reader) (Type, int, error) {
+	var h [headerSize]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, 0, err
+	}
+	n := binary.BigEndian.Uint32(h[1:])
+	if n > MaxPayload {
+		return 0, 0, fmt.Errorf("%w: %d bytes", ErrTooLarge, n)
+	}
+	return Type(h[0]), int(n), nil
+}
+
+// ReadPayload reads the payload that follows a header, len(p) bytes.
+func ReadPayload(r io.Reader, p []byte) error {
 	if _, err := io.ReadFull(r, p); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return 0, nil, err
+		return err
 	}
-	return Type(h[0]), p, nil
+	return nil
 }
 
 // ReadRawFrame reads one frame and returns it whole, header and payload

@@ -125,6 +125,54 @@ func FuzzUnmarshal(f *testing.F) {
 	})
 }
 
+// FuzzUnmarshalObjectsBorrowed: the borrowing decoder of Objects payloads
+// accepts exactly what Unmarshal accepts, with the same objects, which
+// alias the payload.
+func FuzzUnmarshalObjectsBorrowed(f *testing.F) {
+	for _, m := range samples() {
+		if m.Type() == TypeObjects {
+			f.Add(Marshal(m))
+		}
+	}
+	f.Add(Marshal(&Objects{}))
+	f.Add(Marshal(&Objects{Objects: [][]byte{{}, {1}, bytes.Repeat([]byte{2}, 300)}}))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		objs, err := UnmarshalObjectsBorrowed(p)
+		m, uerr := Unmarshal(TypeObjects, p)
+		if (err == nil) != (uerr == nil) {
+			t.Fatalf("borrowed decoder: %v; Unmarshal: %v", err, uerr)
+		}
+		if err != nil {
+			return
+		}
+		want := m.(*Objects).Objects
+		if len(objs) != len(want) {
+			t.Fatalf("%d objects, Unmarshal %d", len(objs), len(want))
+		}
+		for i := range objs {
+			if !bytes.Equal(objs[i], want[i]) {
+				t.Fatalf("object %d: %x, Unmarshal %x", i, objs[i], want[i])
+			}
+		}
+		if got := Marshal(&Objects{Objects: objs}); !bytes.Equal(got, p) {
+			t.Fatalf("round trip %x, want %x", got, p)
+		}
+		if got, want := AppendObjectsFrame([]byte{9}, objs), AppendFrame([]byte{9}, m); !bytes.Equal(got, want) {
+			t.Fatalf("AppendObjectsFrame %x, AppendFrame %x", got, want)
+		}
+		// They alias the payload.
+		for i, o := range objs {
+			if len(o) > 0 {
+				o[0] ^= 0xff
+				if bytes.Equal(o, want[i]) {
+					t.Fatalf("object %d does not alias the payload", i)
+				}
+				o[0] ^= 0xff
+			}
+		}
+	})
+}
+
 // FuzzReadFrame feeds raw streams to the frame reader and decoder.
 func FuzzReadFrame(f *testing.F) {
 	for _, m := range samples() {
