@@ -307,7 +307,7 @@ func (c *Client) runSession(ctx context.Context, b bundle.Broker) error {
 		c.mu.Unlock()
 	}()
 	c.log.Info("broker session up", "broker", b.Addr, "observed", ss.observed)
-	return ss.run(ctx, c.cfg.Keepalive, c.cfg.IdleTimeout, c.handle)
+	return ss.run(ctx, c.cfg.Keepalive, c.cfg.IdleTimeout, c.handle, c.objects)
 }
 
 func (c *Client) notifyLocked() {
@@ -574,12 +574,7 @@ func (c *Client) Relay(to string, data []byte) error {
 func (c *Client) handle(s *session, m proto.Message) error {
 	switch m := m.(type) {
 	case *proto.Objects:
-		// One frame, one change of the view (a snapshot or a batch of
-		// pushes): waiters wake once.
-		_, errs := c.view.AddAll(m.Objects)
-		for _, err := range errs {
-			c.log.Warn("broker object refused", "broker", s.addr, "err", err)
-		}
+		c.objects(s, m.Objects)
 	case *proto.Signal:
 		if err := c.acceptSignal(m); err != nil {
 			c.log.Debug("signal dropped", "broker", s.addr, "from", m.From, "err", err)
@@ -609,6 +604,16 @@ func (c *Client) handle(s *session, m proto.Message) error {
 		return fmt.Errorf("unexpected %s", m.Type())
 	}
 	return nil
+}
+
+// objects takes the objects of one Objects frame (a snapshot or a batch of
+// pushes) into the view: one change, waiters wake once. They may be
+// borrowed from the session's read buffer: the view copies what it keeps.
+func (c *Client) objects(s *session, objs [][]byte) {
+	_, errs := c.view.addAll(objs, true)
+	for _, err := range errs {
+		c.log.Warn("broker object refused", "broker", s.addr, "err", err)
+	}
 }
 
 // acceptSignal verifies a signal against its sender's certificate in the

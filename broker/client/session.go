@@ -53,7 +53,7 @@ func dial(ctx context.Context, dialer Dialer, b bundle.Broker, role proto.Role, 
 	if err != nil {
 		return nil, fmt.Errorf("broker %s: %w", b.Addr, err)
 	}
-	tc := tls.Client(raw, proto.ClientTLS(b.Key))
+	tc := tls.Client(cappedReader{raw}, proto.ClientTLS(b.Key))
 	ok := false
 	defer func() {
 		if !ok {
@@ -106,6 +106,22 @@ func dial(ctx context.Context, dialer Dialer, b bundle.Broker, role proto.Role, 
 	s.observed, _ = netip.ParseAddrPort(m.Observed)
 	s.token = w.RelayToken
 	return s, nil
+}
+
+// cappedReader reads at most maxRead bytes at a time from its connection.
+// Go's TLS reads whatever the socket holds into a buffer that it grows
+// and never shrinks (golang/go#43563): a subscription's burst of records
+// grew it by doubling, one fresh zeroed buffer after another, to the
+// socket's backlog; capped reads keep it at a few records.
+type cappedReader struct{ net.Conn }
+
+const maxRead = 32 << 10
+
+func (c cappedReader) Read(p []byte) (int, error) {
+	if len(p) > maxRead {
+		p = p[:maxRead]
+	}
+	return c.Conn.Read(p)
 }
 
 // readExpect reads one message of type T; an Error frame becomes ErrRefused.
@@ -170,9 +186,21 @@ func (s *session) readUDP(deliver func(from string, data []byte)) {
 	}
 }
 
+// pooledFrame is the largest Objects frame read into a shared buffer
+// (the broker sends frames of up to 32 KiB).
+const pooledFrame = 64 << 10
+
+// readBufs are the buffers Objects frames are read into, shared by the
+// sessions of a process: a session holds one only while it reads and
+// takes a frame.
+var readBufs = sync.Pool{New: func() any { b := make([]byte, pooledFrame); return &b }}
+
 // run serves the session: a writer, a keepalive and the reader (here) until
-// the session fails or ctx ends.
-func (s *session) run(ctx context.Context, keepalive, idle time.Duration, handle func(*session, proto.Message) error) error {
+// the session fails or ctx ends. handle gets every message but Ping, Pong
+// and answers to requests; objects, if not nil, gets the objects of
+// Objects frames instead, borrowed from the read buffer (valid only during
+// the call).
+func (s *session) run(ctx context.Context, keepalive, idle time.Duration, handle func(*session, proto.Message) error, objects func(*session, [][]byte)) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer s.close()
@@ -195,10 +223,35 @@ func (s *session) run(ctx context.Context, keepalive, idle time.Duration, handle
 		}
 	}()
 	defer s.failPending()
-	buf := make([]byte, 16<<10) // frames up to 16 KiB are read into it (decoders copy what they keep)
+	small := make([]byte, 16<<10) // other frames up to 16 KiB are read into it (decoders copy what they keep)
 	for {
 		s.conn.SetReadDeadline(time.Now().Add(idle))
-		t, p, err := proto.ReadFrameBuf(s.conn, buf)
+		t, n, err := proto.ReadHeader(s.conn)
+		if err == nil && t == proto.TypeObjects && objects != nil && n <= pooledFrame {
+			// A subscription's frames, the largest and most frequent
+			// (thousands in a join storm): read into a shared buffer, the
+			// objects borrowed from it; the handler copies what it keeps.
+			bp := readBufs.Get().(*[]byte)
+			p := (*bp)[:n]
+			var objs [][]byte
+			if err = proto.ReadPayload(s.conn, p); err == nil {
+				if objs, err = proto.UnmarshalObjectsBorrowed(p); err == nil {
+					objects(s, objs)
+				}
+			}
+			readBufs.Put(bp)
+			if err == nil {
+				continue
+			}
+		}
+		var p []byte
+		if err == nil {
+			if p = small[:0]; n > cap(p) {
+				p = make([]byte, 0, n)
+			}
+			p = p[:n]
+			err = proto.ReadPayload(s.conn, p)
+		}
 		var m proto.Message
 		if err == nil {
 			m, err = proto.Unmarshal(t, p)

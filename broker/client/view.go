@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"sort"
 	"sync"
@@ -32,7 +33,7 @@ type View struct {
 	mu        sync.Mutex
 	ts        *trust.Store
 	certs     map[string]*cert.Cert
-	byIP      map[netip.Addr]string
+	byIP      map[[16]byte]*cert.Cert // by IP (As16: an IPv4 address and its 4in6 form are one key)
 	endpoints map[string]*endpoint.Record
 	rejected  int
 	changed   chan struct{} // closed and replaced at every change
@@ -46,7 +47,7 @@ func NewView(b *bundle.Bundle, now func() time.Time) *View {
 	if now == nil {
 		now = time.Now
 	}
-	return &View{now: now, ts: trust.New(b), certs: map[string]*cert.Cert{}, byIP: map[netip.Addr]string{},
+	return &View{now: now, ts: trust.New(b), certs: map[string]*cert.Cert{}, byIP: map[[16]byte]*cert.Cert{},
 		endpoints: map[string]*endpoint.Record{}, changed: make(chan struct{})}
 }
 
@@ -66,7 +67,7 @@ func (v *View) Cert(name string) *cert.Cert { v.mu.Lock(); defer v.mu.Unlock(); 
 func (v *View) ByIP(ip netip.Addr) *cert.Cert {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.certs[v.byIP[ip]]
+	return v.byIP[ip.As16()]
 }
 
 // Endpoints returns a peer's verified endpoint record, or nil.
@@ -133,14 +134,27 @@ func (v *View) Add(raw []byte) (bool, error) {
 // AddAll verifies and merges objects in order, as Add does, and notifies
 // waiters once. It returns how many changed the view and the errors of
 // those refused (each counted in Rejected).
-func (v *View) AddAll(raws [][]byte) (int, []error) {
+func (v *View) AddAll(raws [][]byte) (int, []error) { return v.addAll(raws, false) }
+
+// addAll is AddAll; borrowed says that raws are valid only during the call
+// (a session's read buffer): what the view keeps is copied first.
+func (v *View) addAll(raws [][]byte, borrowed bool) (int, []error) {
 	now := v.now()
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if len(raws) > 64 && len(raws) > len(v.certs) {
+		// A snapshot: size the maps once rather than growing them by
+		// doubling, object by object.
+		certs := make(map[string]*cert.Cert, len(v.certs)+len(raws))
+		maps.Copy(certs, v.certs)
+		byIP := make(map[[16]byte]*cert.Cert, len(v.byIP)+len(raws))
+		maps.Copy(byIP, v.byIP)
+		v.certs, v.byIP = certs, byIP
+	}
 	changed := 0
 	var errs []error
 	for _, raw := range raws {
-		ok, err := v.addLocked(raw, now)
+		ok, err := v.addLocked(raw, now, borrowed)
 		if err != nil {
 			v.rejected++
 			errs = append(errs, err)
@@ -158,9 +172,12 @@ func (v *View) AddAll(raws [][]byte) (int, []error) {
 // byte, to the one held changes nothing and is not verified again (it was
 // when it entered the view, and what depends on the moment — validity,
 // revocation — is enforced by whoever uses the view, as before).
-func (v *View) addLocked(raw []byte, now time.Time) (bool, error) {
+func (v *View) addLocked(raw []byte, now time.Time, borrowed bool) (bool, error) {
 	if c := v.cachedCertLocked(raw, now); c != nil {
 		return v.mergeCertLocked(c), nil
+	}
+	if borrowed {
+		raw = bytes.Clone(raw) // what is verified below may be kept
 	}
 	o, err := signed.Decode(raw)
 	if err != nil {
@@ -288,16 +305,18 @@ func (v *View) mergeCertLocked(c *cert.Cert) bool {
 		if !cur.SignKey.Equal(c.SignKey) {
 			delete(v.endpoints, c.Name) // signed by the old key
 		}
-		delete(v.byIP, cur.IP)
+		if v.byIP[cur.IP.As16()] == cur {
+			delete(v.byIP, cur.IP.As16())
+		}
 	}
 	v.certs[c.Name] = c
-	v.byIP[c.IP] = c.Name
+	v.byIP[c.IP.As16()] = c
 	return true
 }
 
 func (v *View) dropLocked(name string) {
-	if c := v.certs[name]; c != nil && v.byIP[c.IP] == name {
-		delete(v.byIP, c.IP)
+	if c := v.certs[name]; c != nil && v.byIP[c.IP.As16()] == c {
+		delete(v.byIP, c.IP.As16())
 	}
 	delete(v.certs, name)
 	delete(v.endpoints, name)
