@@ -2,14 +2,12 @@ package server
 
 import (
 	"bytes"
-	"cmp"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -289,18 +287,23 @@ func (s *Server) notifyLocked(cl *cluster, raw []byte, from *session) {
 }
 
 // snapshotLocked returns a cluster's objects: bundle, revocation, policy,
-// certificates, endpoint records, in that order.
+// certificates, endpoint records, in that order (a subscriber verifies an
+// endpoint record against a certificate it already holds); within a kind,
+// in no particular order. Two passes over the map, no sort: a join storm
+// takes a snapshot per subscriber.
 func snapshotLocked(cl *cluster) [][]byte {
-	ks := make([]objKey, 0, len(cl.objs))
+	var start [6]int // start[r+1]: objects of rank ≤ r
 	for k := range cl.objs {
-		ks = append(ks, k)
+		start[kindRank(k.kind)+1]++
 	}
-	slices.SortFunc(ks, func(a, b objKey) int {
-		return cmp.Or(cmp.Compare(kindRank(a.kind), kindRank(b.kind)), strings.Compare(a.subject, b.subject))
-	})
-	out := make([][]byte, len(ks))
-	for i, k := range ks {
-		out[i] = cl.objs[k].raw
+	for r := 1; r < len(start); r++ {
+		start[r] += start[r-1]
+	}
+	out := make([][]byte, len(cl.objs))
+	for k, e := range cl.objs {
+		r := kindRank(k.kind)
+		out[start[r]] = e.raw
+		start[r]++
 	}
 	return out
 }
@@ -317,31 +320,6 @@ func kindRank(k signed.Kind) int {
 		return 3
 	}
 	return 4
-}
-
-// objBatch is one Objects frame's worth of objects and the queue bytes
-// they were counted as.
-type objBatch struct {
-	*proto.Objects
-	size int
-}
-
-// batches splits objects into Objects frames of at most ~256 KiB.
-func batches(objs [][]byte) []objBatch {
-	var out []objBatch
-	cur := objBatch{Objects: &proto.Objects{}}
-	for _, o := range objs {
-		if len(cur.Objects.Objects) > 0 && (cur.size+len(o) > 256<<10 || len(cur.Objects.Objects) >= proto.MaxObjects) {
-			out = append(out, cur)
-			cur = objBatch{Objects: &proto.Objects{}}
-		}
-		cur.Objects.Objects = append(cur.Objects.Objects, o)
-		cur.size += len(o) + 4
-	}
-	if len(cur.Objects.Objects) > 0 {
-		out = append(out, cur)
-	}
-	return out
 }
 
 func (s *Server) lookup(cl *cluster, by uint8, key string) []byte {

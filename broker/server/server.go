@@ -109,6 +109,7 @@ type Server struct {
 	metrics *metrics
 	conns   *limiter // new connections per source IP
 	enrolls *limiter // enrollments per source IP
+	setups  gate     // sessions computing their set-up at once
 
 	mu       sync.Mutex
 	clusters map[string]*cluster
@@ -188,6 +189,7 @@ func New(cfg Config) (*Server, error) {
 		metrics:  newMetrics(),
 		conns:    newLimiter(cfg.Limits.ConnRate, 4*cfg.Limits.ConnRate),
 		enrolls:  newLimiter(cfg.Limits.EnrollRate, 10),
+		setups:   newGate(0),
 		clusters: map[string]*cluster{}, sessions: map[uint64]*session{},
 		replicas: map[uint64]*session{}, pending: map[uint64]*enrollWait{},
 		tokens: map[[proto.IDSize]byte]*session{}, open: map[net.Conn]bool{},

@@ -19,7 +19,6 @@ import (
 	"github.com/pvc-project/pvc/security/bundle"
 	"github.com/pvc-project/pvc/security/cert"
 	"github.com/pvc-project/pvc/security/keys"
-	"github.com/pvc-project/pvc/security/signed"
 	"github.com/pvc-project/pvc/security/trust"
 )
 
@@ -104,8 +103,9 @@ func (ss *session) sendFrame(m proto.Message, f []byte, mode sendMode) bool {
 
 // push queues signed objects for the session's subscription, without
 // blocking; the writer sends queued objects in Objects frames of up to
-// ~256 KiB, before any frame queued after them. A full queue closes the
-// session (it must resubscribe). It may be called with srv.mu held.
+// objectsFrame bytes, before any frame queued after them. A full queue
+// closes the session (it must resubscribe). It may be called with srv.mu
+// held.
 func (ss *session) push(objs ...[]byte) bool {
 	return ss.enqueue(nil, objs, mustSend)
 }
@@ -180,11 +180,24 @@ func (ss *session) closeAfter(m proto.Message) {
 // alone (see writer).
 const pushDelay = 100 * time.Millisecond
 
+// Sizes of the writer's output: queued objects go in Objects frames of up
+// to objectsFrame bytes (a client reads a frame whole before it takes
+// it: small frames keep its read buffer small and warm), and frames are
+// coalesced into writes of up to writeChunk bytes.
+const (
+	objectsFrame = 32 << 10
+	writeChunk   = 256 << 10
+)
+
+// writeBufs are the writers' buffers, shared by all sessions: a writer
+// holds one only while it encodes and writes a batch, so a join storm's
+// thousand subscribers use a few warm buffers rather than one each.
+var writeBufs = sync.Pool{New: func() any { b := make([]byte, 0, writeChunk+objectsFrame+64); return &b }}
+
 // writer drains the queue: pending objects first (batched into Objects
-// frames), then frames, coalesced into writes of up to 256 KiB.
+// frames), then frames, coalesced into writes of up to writeChunk bytes.
 func (ss *session) writer() {
 	defer ss.close()
-	var buf []byte
 	var objs, frames [][]byte // reused between batches
 	var lastObjs time.Time    // when objects were last written
 	hold := time.NewTimer(time.Hour)
@@ -234,57 +247,12 @@ func (ss *session) writer() {
 				}
 				break
 			}
-			// One buffer of the right size for this batch (up to one
-			// write), not one grown by doubling.
-			need := len(objs)*4 + 64
-			for _, o := range objs {
-				need += len(o)
-			}
-			for _, f := range frames {
-				need += len(f)
-			}
-			if need = min(need, 256<<10+signed.MaxSize); cap(buf) < need {
-				buf = make([]byte, 0, need)
-			}
-			queued := 0
-			buf = buf[:0]
-			flush := func() bool {
-				if len(buf) == 0 {
-					return true
-				}
-				ok := ss.write(buf)
-				buf = buf[:0]
-				return ok
-			}
-			for _, b := range batches(objs) {
-				queued += b.size
-				var m proto.Message = b.Objects
-				if h := ss.srv.cfg.Hook; h != nil && ss.role != proto.RoleReplica {
-					if m = h(m); m == nil {
-						continue
-					}
-				}
-				buf = proto.AppendFrame(buf, m)
-				if len(buf) >= 256<<10 && !flush() {
-					return
-				}
-			}
-			for _, f := range frames {
-				queued += len(f)
-				buf = append(buf, f...)
-				if len(buf) >= 256<<10 && !flush() {
-					return
-				}
-			}
-			if !flush() {
+			if !ss.writeBatch(objs, frames) {
 				return
 			}
 			if len(objs) > 0 {
 				lastObjs = time.Now()
 			}
-			ss.qmu.Lock()
-			ss.qbytes -= queued
-			ss.qmu.Unlock()
 			clear(objs) // drop the references to registry bytes
 			clear(frames)
 			if cap(objs) > 1024 {
@@ -294,10 +262,67 @@ func (ss *session) writer() {
 				frames = nil
 			}
 		}
-		if cap(buf) > 64<<10 {
-			buf = nil // an idle session holds no write buffer
+	}
+}
+
+// writeBatch encodes objects (in Objects frames) and frames into a shared
+// buffer and writes them; false if the connection failed.
+func (ss *session) writeBatch(objs, frames [][]byte) bool {
+	bp := writeBufs.Get().(*[]byte)
+	buf := (*bp)[:0]
+	defer func() {
+		if cap(buf) <= writeChunk+objectsFrame+64 {
+			*bp = buf[:0]
+			writeBufs.Put(bp)
+		}
+	}()
+	queued := 0
+	flush := func() bool {
+		if len(buf) == 0 {
+			return true
+		}
+		ok := ss.write(buf)
+		buf = buf[:0]
+		return ok
+	}
+	hook := ss.srv.cfg.Hook
+	if ss.role == proto.RoleReplica {
+		hook = nil
+	}
+	for i := 0; i < len(objs); {
+		// One frame: objects up to objectsFrame bytes, at least one.
+		j, size := i, 0
+		for j < len(objs) && j-i < proto.MaxObjects && (j == i || size+len(objs[j])+4 <= objectsFrame) {
+			size += len(objs[j]) + 4
+			j++
+		}
+		queued += size
+		if hook != nil {
+			if m := hook(&proto.Objects{Objects: objs[i:j]}); m != nil {
+				buf = proto.AppendFrame(buf, m)
+			}
+		} else {
+			buf = proto.AppendObjectsFrame(buf, objs[i:j])
+		}
+		i = j
+		if len(buf) >= writeChunk && !flush() {
+			return false
 		}
 	}
+	for _, f := range frames {
+		queued += len(f)
+		buf = append(buf, f...)
+		if len(buf) >= writeChunk && !flush() {
+			return false
+		}
+	}
+	if !flush() {
+		return false
+	}
+	ss.qmu.Lock()
+	ss.qbytes -= queued
+	ss.qmu.Unlock()
+	return true
 }
 
 func (ss *session) write(b []byte) bool {
@@ -341,7 +366,9 @@ func certReason(err error) string {
 // the session ends.
 func (s *Server) serveConn(ctx context.Context, c net.Conn, src netip.AddrPort) {
 	lim := s.cfg.Limits
-	tc := tls.Server(c, s.tls)
+	gc := s.setups.gated(c)
+	defer gc.release()
+	tc := tls.Server(gc, s.tls)
 	defer tc.Close()
 	tc.SetDeadline(time.Now().Add(lim.HandshakeTimeout))
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -417,6 +444,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, src netip.AddrPort) 
 	if err := proto.WriteMessage(tc, &proto.Welcome{Session: ss.id, Time: s.cfg.Now().UnixNano(), RelayToken: ss.token}); err != nil {
 		return
 	}
+	gc.release()
 	s.log.Info("session", "role", ss.role, "name", ss.name, "cluster", hello.Cluster, "addr", src)
 	if ss.role == proto.RolePeer {
 		// A verified certificate is a registry object like any other: a
