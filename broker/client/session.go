@@ -53,7 +53,7 @@ func dial(ctx context.Context, dialer Dialer, b bundle.Broker, role proto.Role, 
 	if err != nil {
 		return nil, fmt.Errorf("broker %s: %w", b.Addr, err)
 	}
-	tc := tls.Client(cappedReader{raw}, proto.ClientTLS(b.Key))
+	tc := tls.Client(raw, proto.ClientTLS(b.Key))
 	ok := false
 	defer func() {
 		if !ok {
@@ -106,22 +106,6 @@ func dial(ctx context.Context, dialer Dialer, b bundle.Broker, role proto.Role, 
 	s.observed, _ = netip.ParseAddrPort(m.Observed)
 	s.token = w.RelayToken
 	return s, nil
-}
-
-// cappedReader reads at most maxRead bytes at a time from its connection.
-// Go's TLS reads whatever the socket holds into a buffer that it grows
-// and never shrinks (golang/go#43563): a subscription's burst of records
-// grew it by doubling, one fresh zeroed buffer after another, to the
-// socket's backlog; capped reads keep it at a few records.
-type cappedReader struct{ net.Conn }
-
-const maxRead = 32 << 10
-
-func (c cappedReader) Read(p []byte) (int, error) {
-	if len(p) > maxRead {
-		p = p[:maxRead]
-	}
-	return c.Conn.Read(p)
 }
 
 // readExpect reads one message of type T; an Error frame becomes ErrRefused.
