@@ -10,6 +10,7 @@ import (
 
 	"github.com/pvc-project/pvc/internal/cli"
 	"github.com/pvc-project/pvc/internal/version"
+	"github.com/pvc-project/pvc/interpose/tun"
 	"github.com/pvc-project/pvc/pvcd/daemon"
 	"github.com/pvc-project/pvc/security/name"
 	"github.com/pvc-project/pvc/security/token"
@@ -37,6 +38,7 @@ holds the master key runs with --master-key and certifies itself.`, stdout)
 	fs.StringVar(&cfg.StateDir, "state-dir", defaultStateDir(), "state `DIR`: keys, certificate, bundle copy, control socket (also PVC_STATE_DIR)")
 	fs.StringVar(&cfg.MasterKey, "master-key", "", "the cluster's master key `FILE`: also admit hosts and publish the master's objects")
 	fs.StringVar(&cfg.Interface, "interface", "pvc0", "TUN interface `NAME`")
+	fs.IntVar(&cfg.MTU, "mtu", tun.DefaultMTU, "the TUN device's `MTU`: the default leaves room for WireGuard's 80 bytes\nof overhead on a 1500-byte path; lower it when the path between peers is\nnarrower (PPPoE: 1412, other tunnels)")
 	port := fs.Uint("port", 0, "WireGuard UDP `PORT` (0: any)")
 	fs.StringVar(&cfg.LocalPolicy, "local-policy", "", "the site's local policy `FILE` (default: allow all)")
 	fs.StringVar(&cfg.HostsPath, "hosts-file", "/etc/hosts", "hosts `FILE` that gets the cluster's names while the daemon runs")
@@ -75,6 +77,9 @@ holds the master key runs with --master-key and certifies itself.`, stdout)
 		return cfg, cli.Usagef("--port %d: want 0 to 65535", *port)
 	}
 	cfg.ListenPort = uint16(*port)
+	if cfg.MTU < tun.MinMTU || cfg.MTU > tun.MaxMTU {
+		return cfg, cli.Usagef("--mtu %d: want %d to %d", cfg.MTU, tun.MinMTU, tun.MaxMTU)
+	}
 	if len(cfg.Interface) == 0 || len(cfg.Interface) > 15 {
 		return cfg, cli.Usagef("--interface %q: 1 to 15 characters", cfg.Interface)
 	}

@@ -21,6 +21,8 @@ func TestUpFlagsBadInput(t *testing.T) {
 		{[]string{"--cluster", "lab", "--join", "garbage", "--name", "h"}, "--join"},
 		{[]string{"--cluster", "lab", "--port", "70000"}, "--port 70000"},
 		{[]string{"--cluster", "lab", "--interface", "a-very-long-interface-name"}, "--interface"},
+		{[]string{"--cluster", "lab", "--mtu", "500"}, "--mtu 500: want 576 to 65535"},
+		{[]string{"--cluster", "lab", "--mtu", "1e3"}, "invalid value \"1e3\" for flag -mtu"},
 		{[]string{"--cluster", "lab", "--paths", "ice,carrier-pigeon"}, `unknown technique "carrier-pigeon"`},
 		{[]string{"--cluster", "lab", "--state-dir", ""}, "--state-dir"},
 		{[]string{"--cluster", "lab", "extra"}, "extra"},

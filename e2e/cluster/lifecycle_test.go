@@ -72,10 +72,14 @@ func TestRevokeAndCrash(t *testing.T) {
 	if n := ttcpRules(); n != 1 {
 		t.Errorf("after kill -9: %d Traversing-TCP rules for injected SYNs, want the killed pvcd's 1", n)
 	}
-	// Restart: no token, the saved certificate is used.
-	again, err := c.Up(cone.Host, "cone1")
+	// Restart: no token, the saved certificate is used; a narrower MTU
+	// (a PPPoE uplink) is the TUN device's.
+	again, err := c.Up(cone.Host, "cone1", "--mtu", "1412")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if out, err := again.Host.Run(ctx, "ip", "link", "show", "pvc0"); err != nil || !strings.Contains(out, " mtu 1412 ") {
+		t.Errorf("pvc0 after a restart with --mtu 1412: %v\n%s", err, out)
 	}
 	if again.Status.VirtualIP != cone.Status.VirtualIP {
 		t.Errorf("restart changed the address: %v -> %v", cone.Status.VirtualIP, again.Status.VirtualIP)

@@ -44,6 +44,7 @@ type Config struct {
 	Name        string // this host's peer name (with Join; else from the certificate)
 	MasterKey   string // the master key file: also answer enrollments and publish the master's objects
 	Interface   string // TUN name; "": tun.DefaultName
+	MTU         int    // TUN MTU; 0: tun.DefaultMTU
 	ListenPort  uint16 // WireGuard UDP port; 0: any
 	LocalPolicy string // the site administrator's local policy file; "": allow all
 	HostsPath   string // hosts file for name integration; "": /etc/hosts
@@ -129,7 +130,7 @@ func Run(ctx context.Context, cfg Config) error {
 	log.Info("certified", "name", crt.Name, "ip", crt.IP, "serial", crt.Serial, "groups", crt.Groups)
 
 	// The TUN device with the certified address.
-	td, err := tun.Create(tun.Config{Name: cfg.Interface, Prefix: netip.PrefixFrom(crt.IP, b.Subnet.Bits())})
+	td, err := tun.Create(tun.Config{Name: cfg.Interface, MTU: cfg.MTU, Prefix: netip.PrefixFrom(crt.IP, b.Subnet.Bits())})
 	if err != nil {
 		return err
 	}
