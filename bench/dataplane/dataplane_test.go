@@ -2,10 +2,14 @@ package dataplane
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,12 +17,20 @@ import (
 	"github.com/pvc-project/pvc/e2e/vcluster"
 )
 
-// resultsDir is where the CSV files and plots go (relative to this
-// package's directory, where go test runs).
-const resultsDir = "../results/dataplane"
-
-// runs is the number of NPtcp runs per setup and shape (medians).
-const runs = 3
+// Flags for shorter runs while working on the data plane (`go test
+// -bench Dataplane ./bench/dataplane -args -dp.runs 1 -dp.shapes 1gbit
+// -dp.lower 4000000 -dp.out /tmp/dp`). The defaults are what `make bench`
+// measures and docs/dataplane.md reports.
+var (
+	// resultsDir is where the CSV files and plots go (relative to this
+	// package's directory, where go test runs).
+	resultsDir = flag.String("dp.out", "../results/dataplane", "`directory` for the CSV files and plots")
+	// runs is the number of NPtcp runs per setup and shape (medians).
+	runs       = flag.Int("dp.runs", 3, "NPtcp runs per setup and shape (medians are reported)")
+	shapesFlag = flag.String("dp.shapes", "unshaped,1gbit", "comma-separated link shapes to measure: unshaped, 1gbit")
+	lowerFlag  = flag.Int("dp.lower", 0, "smallest NPtcp message `size` (0: NetPIPE's default, 1 byte)")
+	burstFlag  = flag.Uint64("dp.burst", 0, "tbf burst in `bytes` (0: 1 ms of traffic, see setRate)")
+)
 
 // fakePeers is how many idle certified peers are added so that pvcd
 // knows 50 (the two other pvcd and these).
@@ -101,7 +113,7 @@ func BenchmarkDataplane(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.Logf("first TCP connection %s -> %s: %v over PVC (first answer %v), %v plain", from.Name, to.Name, cn, ans, rc)
+		logf(b, "first TCP connection %s -> %s: %v over PVC (first answer %v), %v plain", from.Name, to.Name, cn, ans, rc)
 		pvcConn, pvcAns, refConn = append(pvcConn, ms(cn)), append(pvcAns, ms(ans)), append(refConn, ms(rc))
 	}
 	sum.add(row{Metric: "first TCP connection to a never-contacted peer, PVC (median of 3 pairs)", Value: median(pvcConn), Unit: "ms",
@@ -146,7 +158,15 @@ func BenchmarkDataplane(b *testing.B) {
 	}
 	time.Sleep(time.Second)
 
-	shapes := []shape{{"unshaped", 0}, {"1gbit", gbit}}
+	var shapes []shape
+	for _, sh := range []shape{{"unshaped", 0}, {"1gbit", gbit}} {
+		if slices.Contains(strings.Split(*shapesFlag, ","), sh.Name) {
+			shapes = append(shapes, sh)
+		}
+	}
+	if len(shapes) == 0 {
+		b.Fatalf("-dp.shapes %q: want unshaped, 1gbit or both", *shapesFlag)
+	}
 	res := map[string]map[string][]point{} // shape -> setup -> median points
 	var justAfter float64                  // pvcd's RSS right after its last NPtcp run
 	for b.Loop() {
@@ -155,16 +175,20 @@ func BenchmarkDataplane(b *testing.B) {
 				b.Fatal(err)
 			}
 			all := map[string][][]point{}
-			for r := range runs {
+			for r := range *runs {
 				for _, s := range setups {
 					out := filepath.Join(work, fmt.Sprintf("%s-%s-%d.np", sh.Name, s.Name, r))
 					t0 := time.Now()
+					before := lossCounters(ctx, ha, hb)
+					busy0, total0 := cpuBusy()
 					pts, err := netpipe(ha, hb, s.Dst, out)
 					if err != nil {
 						b.Fatal(err)
 					}
-					b.Logf("%s %s run %d: %.0f Mbit/s at %d B, %.1f us small (%v)", sh.Name, s.Name, r+1,
-						at(pts, npUpper).Mbps, at(pts, npUpper).Size, smallLatency(pts), time.Since(t0).Round(time.Second))
+					busy1, total1 := cpuBusy()
+					logf(b, "%s %s run %d: %.0f Mbit/s at %d B, %.1f us small (%v, CPU %.0f%% busy); %s", sh.Name, s.Name, r+1,
+						at(pts, npUpper).Mbps, at(pts, npUpper).Size, smallLatency(pts), time.Since(t0).Round(time.Second),
+						100*float64(busy1-busy0)/float64(max(total1-total0, 1)), lossCounters(ctx, ha, hb).since(before))
 					all[s.Name] = append(all[s.Name], pts)
 					if s.Name == "pvc" {
 						justAfter, _, _ = rss(pa.Proc.PID())
@@ -195,9 +219,9 @@ func BenchmarkDataplane(b *testing.B) {
 
 	sum.figures(res)
 	for _, row := range sum.rows {
-		b.Logf("%s", row.String())
+		logf(b, "%s", row.String())
 	}
-	if err := writeResults(resultsDir, res, sum); err != nil {
+	if err := writeResults(*resultsDir, res, sum); err != nil {
 		b.Fatal(err)
 	}
 	u, s := res["unshaped"], res["1gbit"]
@@ -209,8 +233,14 @@ func BenchmarkDataplane(b *testing.B) {
 }
 
 // setRate shapes (or with rate 0 unshapes) the egress of each host's eth0
-// with tbf, as netlab's Shape{Rate} does; shaping both hosts' egress
-// shapes both directions of the link between them.
+// with tbf; shaping both hosts' egress shapes both directions of the link
+// between them. The bucket holds 1 ms of traffic (125 kB at 1 Gbit/s), so
+// that the shaped veth behaves like a 1 Gbit/s link: with netlab's 4 ms
+// the reference's TCP reached 1026-1080 Mbit/s at 4 MB, above what a
+// 1 Gbit/s link carries (≈ 949 Mbit/s of TCP payload), because every
+// message's first 500 KB left at veth speed; with 1 ms it reaches 937-949.
+// Smaller buckets lose tokens to timer delays on this VM (at 64 KiB the
+// reference fell to 920 Mbit/s with retransmissions).
 func setRate(ctx context.Context, hosts []*netlab.Host, rate uint64) error {
 	for _, h := range hosts {
 		var err error
@@ -218,7 +248,10 @@ func setRate(ctx context.Context, hosts []*netlab.Host, rate uint64) error {
 			_, _ = h.Run(ctx, "tc", "qdisc", "del", "dev", "eth0", "root")
 			continue
 		}
-		burst := max(rate/8/250, 16384)
+		burst := max(rate/8/1000, 16384)
+		if *burstFlag > 0 {
+			burst = *burstFlag
+		}
 		_, err = h.Run(ctx, "tc", "qdisc", "replace", "dev", "eth0", "root", "tbf",
 			"rate", strconv.FormatUint(rate, 10)+"bit", "burst", strconv.FormatUint(burst, 10), "latency", "50ms")
 		if err != nil {
@@ -226,6 +259,14 @@ func setRate(ctx context.Context, hosts []*netlab.Host, rate uint64) error {
 		}
 	}
 	return nil
+}
+
+// logf logs to the benchmark and, as it goes, to standard error: go test
+// keeps only the end of a benchmark's log.
+func logf(b *testing.B, format string, args ...any) {
+	b.Helper()
+	b.Logf(format, args...)
+	fmt.Fprintf(os.Stderr, format+"\n", args...)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -34,7 +34,11 @@ const npTimeout = 3 * time.Minute
 // 3.7.2). out is the transmitter's output file.
 func netpipe(from, to *netlab.Host, dst netip.Addr, out string) ([]point, error) {
 	upper := strconv.Itoa(npUpper)
-	recv, err := to.Start("NPtcp", "-u", upper)
+	args := []string{"-u", upper}
+	if *lowerFlag > 0 {
+		args = append(args, "-l", strconv.Itoa(*lowerFlag))
+	}
+	recv, err := to.Start(append([]string{"NPtcp"}, args...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -42,7 +46,7 @@ func netpipe(from, to *netlab.Host, dst netip.Addr, out string) ([]point, error)
 	time.Sleep(300 * time.Millisecond) // the receiver's listen (probing its port would take its one connection)
 	ctx, cancel := context.WithTimeout(context.Background(), npTimeout)
 	defer cancel()
-	if _, err := from.Run(ctx, "NPtcp", "-h", dst.String(), "-u", upper, "-o", out); err != nil {
+	if _, err := from.Run(ctx, append([]string{"NPtcp", "-h", dst.String(), "-o", out}, args...)...); err != nil {
 		return nil, fmt.Errorf("NPtcp %s -> %s (%v): %w", from.Name, to.Name, dst, err)
 	}
 	return parseNP(out)
