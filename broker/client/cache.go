@@ -2,7 +2,6 @@ package client
 
 import (
 	"crypto/ed25519"
-	"crypto/sha256"
 	"sync"
 
 	"github.com/pvc-project/pvc/security/cert"
@@ -10,8 +9,8 @@ import (
 )
 
 // VerifyCache remembers signed objects whose signature verified, keyed by
-// the SHA-256 of the signer's public key and the object's exact bytes, so
-// that the same bytes are not verified twice: the same certificate arriving
+// the object's exact bytes together with the signer's public key, so that
+// the same bytes are not verified twice: the same certificate arriving
 // through several brokers, again in a resubscription's snapshot, or, when
 // several clients in one process share a cache (simulated peers in tests
 // and benchmarks), once per process instead of once per client.
@@ -20,14 +19,20 @@ import (
 // moment or on the view (cluster, validity window, revocation list in
 // force, the subnet of the bundle) is checked at every use, and an object
 // that fails these checks is verified again in full for the error. A
-// different byte anywhere (a broker that tampers) is a different key.
-// Values are shared between the views that use the cache: read-only.
-// It is safe for concurrent use.
+// different byte anywhere (a broker that tampers) is a different key: the
+// map compares whole keys, so a hit is byte-for-byte equality, not a
+// digest's. Values are shared between the views that use the cache:
+// read-only. It is safe for concurrent use.
 type VerifyCache struct {
 	max int
 
 	mu sync.Mutex
-	m  map[[sha256.Size]byte]any
+	m  map[string]cacheEntry // by the object's bytes
+}
+
+type cacheEntry struct {
+	signer [ed25519.PublicKeySize]byte
+	v      any // *cert.Cert or *endpoint.Record
 }
 
 // NewVerifyCache returns a cache of at most max entries (0: 65,536). When it
@@ -36,29 +41,26 @@ func NewVerifyCache(max int) *VerifyCache {
 	if max <= 0 {
 		max = 1 << 16
 	}
-	return &VerifyCache{max: max, m: map[[sha256.Size]byte]any{}}
+	return &VerifyCache{max: max, m: map[string]cacheEntry{}}
 }
 
-func cacheKey(signer ed25519.PublicKey, raw []byte) [sha256.Size]byte {
-	h := sha256.New()
-	h.Write(signer)
-	h.Write(raw)
-	var k [sha256.Size]byte
-	h.Sum(k[:0])
-	return k
-}
-
-func (c *VerifyCache) get(k [sha256.Size]byte) any {
-	if c == nil {
+// get returns what was verified for raw under signer, or nil. The lookup
+// hashes raw (no copy, no digest).
+func (c *VerifyCache) get(signer ed25519.PublicKey, raw []byte) any {
+	if c == nil || len(signer) != ed25519.PublicKeySize {
 		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.m[k]
+	if e, ok := c.m[string(raw)]; ok && e.signer == [ed25519.PublicKeySize]byte(signer) {
+		return e.v
+	}
+	return nil
 }
 
-func (c *VerifyCache) put(k [sha256.Size]byte, v any) {
-	if c == nil {
+// put remembers v as verified for raw under signer.
+func (c *VerifyCache) put(signer ed25519.PublicKey, raw []byte, v any) {
+	if c == nil || len(signer) != ed25519.PublicKeySize {
 		return
 	}
 	c.mu.Lock()
@@ -69,29 +71,21 @@ func (c *VerifyCache) put(k [sha256.Size]byte, v any) {
 			break
 		}
 	}
-	c.m[k] = v
+	c.m[string(raw)] = cacheEntry{signer: [ed25519.PublicKeySize]byte(signer), v: v}
 }
 
 // Len returns the number of entries.
 func (c *VerifyCache) Len() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c.m) }
 
 // cert returns the certificate cached for raw under master key mk, or nil.
-func (c *VerifyCache) cert(mk ed25519.PublicKey, raw []byte) (*cert.Cert, [sha256.Size]byte) {
-	if c == nil {
-		return nil, [sha256.Size]byte{}
-	}
-	k := cacheKey(mk, raw)
-	ce, _ := c.get(k).(*cert.Cert)
-	return ce, k
+func (c *VerifyCache) cert(mk ed25519.PublicKey, raw []byte) *cert.Cert {
+	ce, _ := c.get(mk, raw).(*cert.Cert)
+	return ce
 }
 
 // endpoints returns the endpoint record cached for raw under a peer's
 // signing key, or nil.
-func (c *VerifyCache) endpoints(sk ed25519.PublicKey, raw []byte) (*endpoint.Record, [sha256.Size]byte) {
-	if c == nil {
-		return nil, [sha256.Size]byte{}
-	}
-	k := cacheKey(sk, raw)
-	r, _ := c.get(k).(*endpoint.Record)
-	return r, k
+func (c *VerifyCache) endpoints(sk ed25519.PublicKey, raw []byte) *endpoint.Record {
+	r, _ := c.get(sk, raw).(*endpoint.Record)
+	return r
 }

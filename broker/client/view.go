@@ -243,7 +243,7 @@ func (v *View) addLocked(raw []byte, now time.Time, borrowed bool) (bool, error)
 			return false, err
 		}
 		if v.cache != nil {
-			v.cache.put(cacheKey(v.ts.Bundle().MasterKey, raw), c)
+			v.cache.put(v.ts.Bundle().MasterKey, raw, c)
 		}
 		return v.mergeCertLocked(c), nil
 	case signed.KindEndpoints:
@@ -254,7 +254,7 @@ func (v *View) addLocked(raw []byte, now time.Time, borrowed bool) (bool, error)
 		if c == nil {
 			return false, fmt.Errorf("endpoints of %q: no certificate in view", o.Subject)
 		}
-		r, key := v.cache.endpoints(c.SignKey, raw)
+		r := v.cache.endpoints(c.SignKey, raw)
 		if r == nil {
 			if r, err = endpoint.FromObject(o); err != nil {
 				return false, err
@@ -262,7 +262,7 @@ func (v *View) addLocked(raw []byte, now time.Time, borrowed bool) (bool, error)
 			if err := r.Verify(c.SignKey); err != nil {
 				return false, err
 			}
-			v.cache.put(key, r)
+			v.cache.put(c.SignKey, raw, r)
 		}
 		if cur := v.endpoints[r.Name]; cur != nil && cur.Version >= r.Version {
 			return false, nil
@@ -283,7 +283,7 @@ func (v *View) cachedCertLocked(raw []byte, now time.Time) *cert.Cert {
 		return nil
 	}
 	b := v.ts.Bundle()
-	c, _ := v.cache.cert(b.MasterKey, raw)
+	c := v.cache.cert(b.MasterKey, raw)
 	if c == nil {
 		return nil
 	}
