@@ -50,6 +50,7 @@ type session struct {
 	qbytes  int      // bytes in frames and objs, and in the batch being written
 	closing bool     // close once the queued frames are written
 	urgent  bool     // objs holds one that must not wait for a batch
+	holding bool     // the writer waits for pushDelay with only objects queued: more objects need not wake it
 	wake    chan struct{}
 	done    chan struct{}
 	once    sync.Once
@@ -142,8 +143,14 @@ func (ss *session) enqueue(f []byte, objs [][]byte, mode sendMode) bool {
 		}
 		ss.objs = append(ss.objs, objs...)
 		ss.qbytes += n
+		// Objects for a writer that holds them until its timer need not
+		// wake it: a join storm's every certificate would wake every
+		// subscriber's writer, only for it to wait again.
+		wake := f != nil || !ss.holding
 		ss.qmu.Unlock()
-		ss.poke()
+		if wake {
+			ss.poke()
+		}
 		return true
 	}
 	ss.qmu.Unlock()
@@ -196,6 +203,16 @@ var writeBufs = sync.Pool{New: func() any { b := make([]byte, 0, writeChunk+obje
 
 // writer drains the queue: pending objects first (batched into Objects
 // frames), then frames, coalesced into writes of up to writeChunk bytes.
+//
+// Pushes alone go at most once per pushDelay: the first at once, then,
+// while objects keep coming (1,000 peers joining at once), one write of
+// many objects per pushDelay instead of one write per object per
+// subscriber. For pushDelay after it wrote objects the writer holds: new
+// objects do not wake it, its timer does (one wake per write, not one per
+// object: a join storm's every certificate woke the thousand writers,
+// which flooded the run queues that a signal's goroutines wait in). A
+// frame (signal, relay, answer), an urgent object or closing wakes it at
+// once, and goes with whatever objects are queued.
 func (ss *session) writer() {
 	defer ss.close()
 	var objs, frames [][]byte // reused between batches
@@ -204,63 +221,46 @@ func (ss *session) writer() {
 	hold.Stop()
 	defer hold.Stop()
 	for {
-		select {
-		case <-ss.wake:
-		case <-ss.done:
-			return
-		}
-		// Pushes alone go at most once per pushDelay: the first at once,
-		// then, while objects keep coming (1,000 peers joining at once),
-		// one write of many objects per pushDelay instead of one write per
-		// object per subscriber. A frame (signal, relay, answer) goes at
-		// once, with whatever objects are queued before it.
-		if wait := pushDelay - time.Since(lastObjs); wait > 0 {
-			hold.Reset(wait)
-		}
-	coalesce:
-		for {
-			ss.qmu.Lock()
-			onlyObjs := len(ss.frames) == 0 && len(ss.objs) > 0 && !ss.closing && !ss.urgent
+		ss.qmu.Lock()
+		left := pushDelay - time.Since(lastObjs)
+		due := len(ss.frames) > 0 || ss.closing || (len(ss.objs) > 0 && (left <= 0 || ss.urgent))
+		if !due {
+			ss.holding = left > 0
 			ss.qmu.Unlock()
-			if !onlyObjs || time.Since(lastObjs) >= pushDelay {
-				break
+			if left > 0 {
+				hold.Reset(left)
 			}
 			select {
 			case <-ss.wake:
 			case <-hold.C:
-				break coalesce
 			case <-ss.done:
 				return
 			}
+			hold.Stop()
+			continue
 		}
-		hold.Stop()
-		for {
-			ss.qmu.Lock()
-			objs, ss.objs = ss.objs, objs[:0]
-			frames, ss.frames = ss.frames, frames[:0]
-			ss.urgent = false
-			closing := ss.closing
-			ss.qmu.Unlock()
-			if len(objs) == 0 && len(frames) == 0 {
-				if closing {
-					return
-				}
-				break
-			}
-			if !ss.writeBatch(objs, frames) {
-				return
-			}
-			if len(objs) > 0 {
-				lastObjs = time.Now()
-			}
-			clear(objs) // drop the references to registry bytes
-			clear(frames)
-			if cap(objs) > 1024 {
-				objs = nil // a snapshot's worth: let it go
-			}
-			if cap(frames) > 1024 {
-				frames = nil
-			}
+		ss.holding = false
+		objs, ss.objs = ss.objs, objs[:0]
+		frames, ss.frames = ss.frames, frames[:0]
+		ss.urgent = false
+		closing := ss.closing
+		ss.qmu.Unlock()
+		if len(objs) == 0 && len(frames) == 0 && closing {
+			return // everything queued before closeAfter is written
+		}
+		if !ss.writeBatch(objs, frames) {
+			return
+		}
+		if len(objs) > 0 {
+			lastObjs = time.Now()
+		}
+		clear(objs) // drop the references to registry bytes
+		clear(frames)
+		if cap(objs) > 1024 {
+			objs = nil // a snapshot's worth: let it go
+		}
+		if cap(frames) > 1024 {
+			frames = nil
 		}
 	}
 }
