@@ -28,6 +28,14 @@ type node struct {
 	o    *overlay.Overlay
 }
 
+// labMTU fills the lab's 1500-byte IPv4 paths (60 bytes of WireGuard, UDP
+// and IP overhead). The nodes' TUN devices live in the lab's namespaces and
+// their wireguard-go devices in the test's: with the default 1420 a device
+// that misread its MTU would go unnoticed, with 1440 it pads full packets to
+// 1452 bytes, which were fragmented and stalled the transfers from the cone
+// site.
+const labMTU = 1440
+
 func newNode(t testing.TB, ctx context.Context, wg *sync.WaitGroup, relay *bindtest.Relay, h *netlab.Host, name string, ip netip.Addr) *node {
 	return newFilteredNode(t, ctx, wg, relay, h, name, ip, nil)
 }
@@ -39,7 +47,7 @@ func newFilteredNode(t testing.TB, ctx context.Context, wg *sync.WaitGroup, rela
 	var td *tun.Device
 	if err := h.Do(func() error {
 		var err error
-		td, err = tun.Create(tun.Config{Prefix: netip.PrefixFrom(ip, 16)})
+		td, err = tun.Create(tun.Config{MTU: labMTU, Prefix: netip.PrefixFrom(ip, 16)})
 		return err
 	}); err != nil {
 		t.Fatal(err)

@@ -13,6 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 	wgtun "golang.zx2c4.com/wireguard/tun"
@@ -22,10 +24,7 @@ import (
 const DefaultName = "pvc0"
 
 // DefaultMTU leaves room for WireGuard's 80 bytes of overhead (IPv6 outer
-// header) in a 1500-byte path: 1420, as wireguard-go's default. On an IPv4
-// path 60 bytes would do (1440, 1.4% more payload per full packet), but in
-// the lab a transfer from a cone NAT site stalls from an MTU of 1438 up
-// (docs/dataplane.md), so 1420 stays the default; pvcd up --mtu sets it.
+// header) in a 1500-byte path: 1420, as wireguard-go's default.
 const DefaultMTU = 1420
 
 // MinMTU and MaxMTU bound the MTU a device may have (IPv4's minimum
@@ -47,6 +46,11 @@ type Device struct {
 	wgtun.Device
 	name   string
 	prefix netip.Prefix
+	index  int
+	nl     *netlink.Handle // bound to the device's network namespace
+
+	mu     sync.Mutex
+	closed bool
 }
 
 // ErrConfig is wrapped by errors about a bad Config.
@@ -81,28 +85,68 @@ func Create(cfg Config) (*Device, error) {
 		dev.Close()
 		return nil, err
 	}
-	d := &Device{Device: dev, name: name, prefix: cfg.Prefix}
-	if err := d.configure(); err != nil {
+	nl, err := netlink.NewHandle()
+	if err != nil {
 		dev.Close()
+		return nil, fmt.Errorf("configure TUN %s: netlink: %w", name, err)
+	}
+	d := &Device{Device: dev, name: name, prefix: cfg.Prefix, nl: nl}
+	if err := d.configure(); err != nil {
+		d.Close()
 		return nil, fmt.Errorf("configure TUN %s: %w", name, err)
 	}
 	return d, nil
 }
 
 func (d *Device) configure() error {
-	link, err := netlink.LinkByName(d.name)
+	link, err := d.nl.LinkByName(d.name)
 	if err != nil {
 		return err
 	}
+	d.index = link.Attrs().Index
 	addr := &netlink.Addr{IPNet: prefixToIPNet(d.prefix)}
-	if err := netlink.AddrReplace(link, addr); err != nil {
+	if err := d.nl.AddrReplace(link, addr); err != nil {
 		return fmt.Errorf("address %v: %w", d.prefix, err)
 	}
 	// Queue length: the kernel default (500 for TUN) drops bursts.
-	if err := netlink.LinkSetTxQLen(link, 1000); err != nil {
+	if err := d.nl.LinkSetTxQLen(link, 1000); err != nil {
 		return err
 	}
-	return netlink.LinkSetUp(link)
+	return d.nl.LinkSetUp(link)
+}
+
+// MTU returns the device's MTU, asked of the kernel in the device's own
+// network namespace. wireguard-go's asks in the namespace of the calling
+// thread, which is not the device's when the device was created in another
+// namespace than the one its user runs in (the lab's tests, a daemon that
+// moves between namespaces): it then fails, the wireguard-go device assumes
+// 1420, and for any larger MTU pads full-sized packets beyond the MTU (a
+// 1440-byte packet went out as a 1484-byte datagram, fragmented), and MTU
+// changes made with ip link went unseen.
+func (d *Device) MTU() (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		// A closed Handle would ask in the caller's namespace.
+		return 0, fmt.Errorf("MTU of %s: %w", d.name, os.ErrClosed)
+	}
+	link, err := d.nl.LinkByIndex(d.index)
+	if err != nil {
+		return 0, fmt.Errorf("MTU of %s: %w", d.name, err)
+	}
+	return link.Attrs().MTU, nil
+}
+
+// Close closes the device, which removes the interface.
+func (d *Device) Close() error {
+	err := d.Device.Close()
+	d.mu.Lock()
+	if !d.closed {
+		d.closed = true
+		d.nl.Close()
+	}
+	d.mu.Unlock()
+	return err
 }
 
 // Name returns the interface name.
