@@ -5,6 +5,7 @@ package overlay
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"github.com/pvc-project/pvc/vnet/bind"
 	"github.com/pvc-project/pvc/vnet/bind/bindtest"
 	"github.com/pvc-project/pvc/vnet/overlay"
+	"github.com/vishvananda/netlink"
 	wgtun "golang.zx2c4.com/wireguard/tun"
 )
 
@@ -168,5 +170,101 @@ func TestOverlayAcrossNATs(t *testing.T) {
 				t.Errorf("the public side sees %s as %+v, want active on a %s path", tc.site, ps, tc.pubWant)
 			}
 		})
+	}
+}
+
+// TestOverlayNarrowLAN: a cone site whose LAN has an MTU of 1400, below
+// the 1500 bytes that the overlay's datagrams need at TUN MTU 1440. The
+// NATed host's kernel refuses its GSO batches (EMSGSIZE: the link is
+// narrower); the public host learns the narrower path from the router's
+// ICMP and then gets the same refusal. The Bind sends such batches one
+// datagram at a time, which the kernel fragments: 20 MiB cross each way,
+// checked with SHA-256. Before, every batch was lost and TCP stalled.
+func TestOverlayNarrowLAN(t *testing.T) {
+	l := netlab.New(t, netlab.Spec{Sites: []netlab.SiteSpec{
+		{Name: "pub", Kind: netlab.Public},
+		{Name: "cone", Kind: netlab.Cone},
+	}})
+	site := l.Site("cone")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	narrow := func(h *netlab.Host, lan bool) error {
+		return h.Do(func() error {
+			links, err := netlink.LinkList()
+			if err != nil {
+				return err
+			}
+			bridge := -1
+			for _, l := range links {
+				if l.Attrs().Name == "lan0" {
+					bridge = l.Attrs().Index
+				}
+			}
+			n := 0
+			for _, l := range links {
+				a := l.Attrs()
+				if (!lan && a.Name == "eth0") || (lan && (a.Index == bridge || a.MasterIndex == bridge)) {
+					if err := netlink.LinkSetMTU(l, 1400); err != nil {
+						return fmt.Errorf("%s: %w", a.Name, err)
+					}
+					n++
+				}
+			}
+			if n == 0 {
+				return fmt.Errorf("no LAN link")
+			}
+			return nil
+		})
+	}
+	if err := narrow(site.Hosts[0], false); err != nil {
+		t.Fatal(err)
+	}
+	if err := narrow(site.Router, true); err != nil {
+		t.Fatal(err)
+	}
+	relay := bindtest.NewRelay()
+	pub := newNode(t, ctx, &wg, relay, l.Site("pub").Hosts[0], "pub", netip.MustParseAddr("240.9.0.1"))
+	n := newNode(t, ctx, &wg, relay, site.Hosts[0], "cone", netip.MustParseAddr("240.9.0.10"))
+	n.addPeer(t, pub, true, pub.addr())
+	pub.addPeer(t, n, false)
+	transferWithin(t, n.host, pub.host, pub.ip, 1<<20, time.Minute) // activates the peer
+	waitPath(n, "pub", bind.PathDirect, 5*time.Second)
+	if s := n.path("pub"); s.Path != bind.PathDirect {
+		t.Fatalf("path %s, want direct", s.Path)
+	}
+	up := transferWithin(t, n.host, pub.host, pub.ip, 20<<20, time.Minute)
+	down := transferWithin(t, pub.host, n.host, n.ip, 20<<20, time.Minute)
+	t.Logf("over a 1400-byte LAN at TUN MTU 1440: cone -> public %.0f Mbit/s, public -> cone %.0f Mbit/s (SHA-256 ok); batches sent fragmented: cone %d, public %d",
+		up, down, n.o.Bind().Oversize(), pub.o.Bind().Oversize())
+	if n.o.Bind().Oversize() == 0 || pub.o.Bind().Oversize() == 0 {
+		t.Errorf("oversize batches: cone %d, public %d; want both > 0 (the kernel refused no GSO batch: is the LAN narrow?)",
+			n.o.Bind().Oversize(), pub.o.Bind().Oversize())
+	}
+}
+
+// transferWithin is transfer that fails the test when the transfer takes
+// longer than d (a stalled TCP connection would otherwise hang the test).
+func transferWithin(t testing.TB, from, to *netlab.Host, dst netip.Addr, size int, d time.Duration) float64 {
+	t.Helper()
+	type result struct {
+		mbps float64
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		mbps, err := netlab.Transfer(from, to, dst, 0, size)
+		done <- result{mbps, err}
+	}()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		return r.mbps
+	case <-time.After(d):
+		t.Fatalf("transfer of %d bytes to %v: not done after %v", size, dst, d)
+		return 0
 	}
 }

@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 )
 
@@ -88,6 +89,7 @@ type Bind struct {
 	// Counters (atomic).
 	droppedUnknown atomic.Uint64 // WireGuard datagrams from unknown addresses
 	droppedRelay   atomic.Uint64 // relayed datagrams dropped (queue full or closed)
+	oversize       atomic.Uint64 // batches refused for the path's MTU and sent one datagram at a time
 }
 
 type pending struct {
@@ -324,7 +326,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return conn.ErrWrongEndpointType
 	}
 	if d := e.direct.Load(); d != nil {
-		err := b.std.Send(bufs, d.std)
+		err := b.sendDirect(e, d, bufs)
 		if err == nil {
 			for _, p := range bufs {
 				e.txDirect.Add(uint64(len(p)))
@@ -356,6 +358,34 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		e.txRelay.Add(uint64(len(p)))
 	}
 	return nil
+}
+
+// sendDirect sends bufs on a direct path. wireguard-go's StdNetBind
+// coalesces a batch into UDP GSO sends, and the kernel refuses a GSO send
+// whose datagrams are larger than the path's MTU (EMSGSIZE): a TUN MTU too
+// large for this host's link, or a smaller MTU learnt from a router's ICMP.
+// The whole batch would be lost, and every batch after it: TCP over the
+// overlay stalls. Sent one at a time, the datagrams are fragmented by the
+// kernel instead, which costs throughput but loses nothing (a datagram
+// that went out before the error goes out twice; WireGuard drops the
+// second copy as a replay). The first time, the log says to lower the MTU.
+func (b *Bind) sendDirect(e *Endpoint, d *path, bufs [][]byte) error {
+	err := b.std.Send(bufs, d.std)
+	if len(bufs) < 2 || !errors.Is(err, unix.EMSGSIZE) {
+		return err
+	}
+	b.oversize.Add(1)
+	if !e.warnedMTU.Swap(true) {
+		b.cfg.Logger.Warn("datagrams larger than the path's MTU: sent fragmented; lower the TUN MTU (pvcd up --mtu) to the path's MTU minus 60",
+			"peer", e.name, "remote", d.addr, "datagram", len(bufs[0]))
+	}
+	err = nil
+	for i := range bufs {
+		if serr := b.std.Send(bufs[i:i+1], d.std); serr != nil {
+			err = serr
+		}
+	}
+	return err
 }
 
 // DeliverRelay hands the Bind a WireGuard datagram that arrived from the
@@ -448,6 +478,10 @@ func (b *Bind) wrapReceive(fn conn.ReceiveFunc) conn.ReceiveFunc {
 		return n, err
 	}
 }
+
+// Oversize returns how many batches of datagrams the kernel refused as
+// larger than their path's MTU, which were then sent one at a time.
+func (b *Bind) Oversize() uint64 { return b.oversize.Load() }
 
 // Counters returns how many WireGuard datagrams were dropped because they
 // came from an address that is no confirmed path, and how many relayed

@@ -43,6 +43,7 @@ type Endpoint struct {
 	txDirect, txRelay, rxDirect, rxRelay atomic.Uint64
 	txStream, rxStream                   atomic.Uint64
 	changes                              atomic.Uint64 // path changes
+	warnedMTU                            atomic.Bool   // the log said its datagrams exceed the path's MTU
 }
 
 type path struct {
