@@ -30,6 +30,8 @@ var (
 	shapesFlag = flag.String("dp.shapes", "unshaped,1gbit", "comma-separated link shapes to measure: unshaped, 1gbit")
 	lowerFlag  = flag.Int("dp.lower", 0, "smallest NPtcp message `size` (0: NetPIPE's default, 1 byte)")
 	burstFlag  = flag.Uint64("dp.burst", 0, "tbf burst in `bytes` (0: 1 ms of traffic, see setRate)")
+	mtuFlag    = flag.Int("dp.mtu", 0, "inner `MTU` of both overlays (pvcd up --mtu, ip link for wireguard-go); 0: their default, 1420")
+	ccFlag     = flag.String("dp.cc", "", "TCP congestion `control` in the measured hosts (sysctl net.ipv4.tcp_congestion_control); empty: the machine's")
 )
 
 // fakePeers is how many idle certified peers are added so that pvcd
@@ -83,15 +85,31 @@ func BenchmarkDataplane(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pa, err := c.Up(ha, "pa", "--master-key", c.MasterKey())
+	var mtuArgs []string
+	if *mtuFlag != 0 {
+		mtuArgs = []string{"--mtu", fmt.Sprint(*mtuFlag)}
+	}
+	for _, h := range []*netlab.Host{ha, hb} {
+		if *ccFlag != "" {
+			if out, err := h.Run(ctx, "sysctl", "-w", "net.ipv4.tcp_congestion_control="+*ccFlag); err != nil {
+				b.Fatalf("-dp.cc %s: %v: %s", *ccFlag, err, out)
+			}
+		}
+		cc, err := h.Run(ctx, "sysctl", "-n", "net.ipv4.tcp_congestion_control")
+		if err != nil {
+			b.Fatal(err)
+		}
+		logf(b, "%s: TCP congestion control %s, overlay MTU %d (0: default)", h.Name, strings.TrimSpace(cc), *mtuFlag)
+	}
+	pa, err := c.Up(ha, "pa", append([]string{"--master-key", c.MasterKey()}, mtuArgs...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
-	pb, err := c.Up(hb, "pb", "--join", tok)
+	pb, err := c.Up(hb, "pb", append([]string{"--join", tok}, mtuArgs...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
-	pc, err := c.Up(hc, "pc", "--join", tok)
+	pc, err := c.Up(hc, "pc", append([]string{"--join", tok}, mtuArgs...)...)
 	if err != nil {
 		b.Fatal(err)
 	}

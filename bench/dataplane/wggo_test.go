@@ -70,6 +70,9 @@ func (n *wgNode) connect(ctx context.Context, other *wgNode, dir string) error {
 		{"ip", "addr", "add", n.addr.String() + "/24", "dev", n.name},
 		{"ip", "link", "set", n.name, "up"},
 	}
+	if *mtuFlag != 0 {
+		steps = append(steps, []string{"ip", "link", "set", n.name, "mtu", fmt.Sprint(*mtuFlag)})
+	}
 	for _, s := range steps {
 		if _, err := n.host.Run(ctx, s...); err != nil {
 			return err
