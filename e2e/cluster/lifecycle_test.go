@@ -81,6 +81,9 @@ func TestRevokeAndCrash(t *testing.T) {
 	if out, err := again.Host.Run(ctx, "ip", "link", "show", "pvc0"); err != nil || !strings.Contains(out, " mtu 1412 ") {
 		t.Errorf("pvc0 after a restart with --mtu 1412: %v\n%s", err, out)
 	}
+	if again.Status.MTU != 1412 {
+		t.Errorf("pvcd status after a restart with --mtu 1412: MTU %d", again.Status.MTU)
+	}
 	if again.Status.VirtualIP != cone.Status.VirtualIP {
 		t.Errorf("restart changed the address: %v -> %v", cone.Status.VirtualIP, again.Status.VirtualIP)
 	}

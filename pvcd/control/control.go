@@ -40,6 +40,10 @@ type Status struct {
 	Subnet    netip.Prefix   `json:"subnet"`
 	Interface string         `json:"interface"`
 	Port      uint16         `json:"port"` // WireGuard's UDP port, and the TCP techniques' port
+	MTU       int            `json:"mtu"`  // the TUN device's
+	// Oversize counts batches of datagrams that the kernel refused as too
+	// large for their path, sent again fragmented: the MTU is too large.
+	Oversize uint64 `json:"oversize_batches"`
 	Domain    string         `json:"domain"`
 	Since     time.Time      `json:"since"`
 	Brokers   []BrokerStatus `json:"brokers"`

@@ -292,6 +292,10 @@ func (d *daemon) Status() control.Status {
 		Interface: d.cfg.Interface, Domain: d.bundle.Domain, Since: d.since, Version: d.cfg.Version}
 	if o := d.overlayOrNil(); o != nil {
 		st.Port = o.Port()
+		st.Oversize = o.Bind().Oversize()
+	}
+	if d.filter != nil {
+		st.MTU, _ = d.filter.MTU()
 	}
 	connected := map[string]bool{}
 	for _, a := range d.client.Connected() {
