@@ -60,7 +60,7 @@ func statusVerb() cli.Verb {
 		fmt.Fprintf(stdout, "%s.%s  %s on %s (subnet %s, MTU %d), port %d, up %v, %d peers known, %d active\n",
 			st.Name, st.Cluster, st.VirtualIP, st.Interface, st.Subnet, st.MTU, st.Port, time.Since(st.Since).Round(time.Second), st.Peers, st.Active)
 		if st.Oversize > 0 {
-			fmt.Fprintf(stdout, "  warning: %d batches of datagrams were too large for their path and went out fragmented: lower the MTU (pvcd up --mtu)\n", st.Oversize)
+			fmt.Fprintf(stdout, "  %d batches of datagrams were too large for their path and went out fragmented (the routes to those peers are clamped since; pvcd up --mtu lowers the MTU for all)\n", st.Oversize)
 		}
 		for _, b := range st.Brokers {
 			state := "connected"

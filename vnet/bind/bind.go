@@ -71,6 +71,11 @@ type Config struct {
 	// own NAT mappings may be as stale as the path's (pvcd refreshes
 	// them).
 	OnTrouble func(peer string)
+	// OnOversize, if set, is called (on its own goroutine) the first time
+	// a batch to a peer's direct path is refused as larger than the path's
+	// MTU, and again when that path changes: the overlay then clamps the
+	// peer's MTU so TCP sends segments that fit.
+	OnOversize func(peer string, remote netip.AddrPort)
 }
 
 // Bind implements conn.Bind. Create it with New.
@@ -368,16 +373,20 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 // overlay stalls. Sent one at a time, the datagrams are fragmented by the
 // kernel instead, which costs throughput but loses nothing (a datagram
 // that went out before the error goes out twice; WireGuard drops the
-// second copy as a replay). The first time, the log says to lower the MTU.
+// second copy as a replay). The first time for a path, the log says so and
+// OnOversize is called.
 func (b *Bind) sendDirect(e *Endpoint, d *path, bufs [][]byte) error {
 	err := b.std.Send(bufs, d.std)
 	if len(bufs) < 2 || !errors.Is(err, unix.EMSGSIZE) {
 		return err
 	}
 	b.oversize.Add(1)
-	if !e.warnedMTU.Swap(true) {
-		b.cfg.Logger.Warn("datagrams larger than the path's MTU: sent fragmented; lower the TUN MTU (pvcd up --mtu) to the path's MTU minus 60",
+	if last := e.oversizeAt.Swap(&d.addr); last == nil || *last != d.addr {
+		b.cfg.Logger.Warn("datagrams larger than the path's MTU: sent fragmented",
 			"peer", e.name, "remote", d.addr, "datagram", len(bufs[0]))
+		if b.cfg.OnOversize != nil {
+			go b.cfg.OnOversize(e.name, d.addr)
+		}
 	}
 	err = nil
 	for i := range bufs {

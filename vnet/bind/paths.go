@@ -42,8 +42,8 @@ type Endpoint struct {
 
 	txDirect, txRelay, rxDirect, rxRelay atomic.Uint64
 	txStream, rxStream                   atomic.Uint64
-	changes                              atomic.Uint64 // path changes
-	warnedMTU                            atomic.Bool   // the log said its datagrams exceed the path's MTU
+	changes                              atomic.Uint64                  // path changes
+	oversizeAt                           atomic.Pointer[netip.AddrPort] // the last path a batch was too large for
 }
 
 type path struct {

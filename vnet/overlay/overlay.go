@@ -94,6 +94,8 @@ type Overlay struct {
 	byIP   map[netip.Addr]string
 	byKey  map[keys.WGPublic]string
 	active map[string]bool
+	// clamped: peers whose route through the TUN has a smaller MTU (pmtu.go)
+	clamped map[string]netip.Addr
 
 	closeOnce sync.Once
 }
@@ -111,8 +113,10 @@ func New(cfg Config) (*Overlay, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	o := &Overlay{cfg: cfg, log: log,
-		peers: map[string]*Peer{}, byIP: map[netip.Addr]string{}, byKey: map[keys.WGPublic]string{}, active: map[string]bool{}}
-	o.bind = bind.New(bind.Config{Self: cfg.Self, Relay: cfg.Relay, Auth: cfg.Auth, OpenIn: cfg.OpenIn, ProbeInterval: cfg.ProbeInterval, Other: cfg.Other, Logger: cfg.Logger, OnTrouble: cfg.OnTrouble})
+		peers: map[string]*Peer{}, byIP: map[netip.Addr]string{}, byKey: map[keys.WGPublic]string{}, active: map[string]bool{},
+		clamped: map[string]netip.Addr{}}
+	o.bind = bind.New(bind.Config{Self: cfg.Self, Relay: cfg.Relay, Auth: cfg.Auth, OpenIn: cfg.OpenIn, ProbeInterval: cfg.ProbeInterval, Other: cfg.Other, Logger: cfg.Logger, OnTrouble: cfg.OnTrouble,
+		OnOversize: func(peer string, remote netip.AddrPort) { o.clamp(peer, remote) }})
 	wlog := &device.Logger{
 		Verbosef: func(string, ...any) {},
 		Errorf:   func(f string, a ...any) { log.Debug("wireguard: " + fmt.Sprintf(f, a...)) },
@@ -245,6 +249,7 @@ func (o *Overlay) RemovePeer(name string) error {
 	delete(o.active, name)
 	o.mu.Unlock()
 	o.bind.RemovePeer(name)
+	o.unclamp(name)
 	return o.dev.IpcSet("public_key=" + hex.EncodeToString(p.Key[:]) + "\nremove=true\n")
 }
 
