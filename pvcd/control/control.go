@@ -34,22 +34,22 @@ func SocketPath(stateDir string) string { return filepath.Join(stateDir, SocketN
 
 // Status is the daemon's overall state.
 type Status struct {
-	Cluster   string         `json:"cluster"`
-	Name      string         `json:"name"`
-	VirtualIP netip.Addr     `json:"virtual_ip"`
-	Subnet    netip.Prefix   `json:"subnet"`
-	Interface string         `json:"interface"`
-	Port      uint16         `json:"port"` // WireGuard's UDP port, and the TCP techniques' port
-	MTU       int            `json:"mtu"`  // the TUN device's
+	Cluster   string       `json:"cluster"`
+	Name      string       `json:"name"`
+	VirtualIP netip.Addr   `json:"virtual_ip"`
+	Subnet    netip.Prefix `json:"subnet"`
+	Interface string       `json:"interface"`
+	Port      uint16       `json:"port"` // WireGuard's UDP port, and the TCP techniques' port
+	MTU       int          `json:"mtu"`  // the TUN device's
 	// Oversize counts batches of datagrams that the kernel refused as too
 	// large for their path, sent again fragmented: the MTU is too large.
-	Oversize uint64 `json:"oversize_batches"`
-	Domain    string         `json:"domain"`
-	Since     time.Time      `json:"since"`
-	Brokers   []BrokerStatus `json:"brokers"`
-	Peers     int            `json:"peers"` // peers known (certified)
-	Active    int            `json:"active"`
-	Version   string         `json:"version"`
+	Oversize uint64         `json:"oversize_batches"`
+	Domain   string         `json:"domain"`
+	Since    time.Time      `json:"since"`
+	Brokers  []BrokerStatus `json:"brokers"`
+	Peers    int            `json:"peers"` // peers known (certified)
+	Active   int            `json:"active"`
+	Version  string         `json:"version"`
 }
 
 // BrokerStatus is one broker session.
