@@ -31,6 +31,7 @@ var (
 	lowerFlag  = flag.Int("dp.lower", 0, "smallest NPtcp message `size` (0: NetPIPE's default, 1 byte)")
 	burstFlag  = flag.Uint64("dp.burst", 0, "tbf burst in `bytes` (0: 1 ms of traffic, see setRate)")
 	mtuFlag    = flag.Int("dp.mtu", 0, "inner `MTU` of both overlays (pvcd up --mtu, ip link for wireguard-go); 0: their default, 1420")
+	pinFlag    = flag.Bool("dp.pin", false, "pin each measured host's processes (NPtcp, pvcd, wireguard-go) to a CPU of its own: host a to CPU 0, b to CPU 1")
 	ccFlag     = flag.String("dp.cc", "", "TCP congestion `control` in the measured hosts (sysctl net.ipv4.tcp_congestion_control); empty: the machine's")
 )
 
@@ -167,6 +168,18 @@ func BenchmarkDataplane(b *testing.B) {
 	}
 	if err := nb.connect(ctx, na, work); err != nil {
 		b.Fatal(err)
+	}
+	if *pinFlag {
+		pinCPU[ha.Name], pinCPU[hb.Name] = 0, 1
+		for _, p := range []struct {
+			h   *netlab.Host
+			pid int
+		}{{ha, pa.Proc.PID()}, {hb, pb.Proc.PID()}, {ha, na.proc.PID()}, {hb, nb.proc.PID()}} {
+			if err := pinPID(p.h, p.pid); err != nil {
+				b.Fatal(err)
+			}
+		}
+		logf(b, "pinned: %s to CPU 0, %s to CPU 1", ha.Name, hb.Name)
 	}
 	setups := []setup{{"reference", hb.Addr}, {"pvc", pb.Status.VirtualIP}, {"wireguard-go", nb.addr}}
 	for _, s := range setups[1:] { // handshakes and paths before measuring

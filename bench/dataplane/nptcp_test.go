@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -38,7 +39,7 @@ func netpipe(from, to *netlab.Host, dst netip.Addr, out string) ([]point, error)
 	if *lowerFlag > 0 {
 		args = append(args, "-l", strconv.Itoa(*lowerFlag))
 	}
-	recv, err := to.Start(append([]string{"NPtcp"}, args...)...)
+	recv, err := to.Start(append(pinned(to, "NPtcp"), args...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -46,7 +47,7 @@ func netpipe(from, to *netlab.Host, dst netip.Addr, out string) ([]point, error)
 	time.Sleep(300 * time.Millisecond) // the receiver's listen (probing its port would take its one connection)
 	ctx, cancel := context.WithTimeout(context.Background(), npTimeout)
 	defer cancel()
-	if _, err := from.Run(ctx, append([]string{"NPtcp", "-h", dst.String(), "-o", out}, args...)...); err != nil {
+	if _, err := from.Run(ctx, append(pinned(from, "NPtcp", "-h", dst.String(), "-o", out), args...)...); err != nil {
 		return nil, fmt.Errorf("NPtcp %s -> %s (%v): %w", from.Name, to.Name, dst, err)
 	}
 	return parseNP(out)
@@ -132,4 +133,25 @@ func abs(x int) int {
 		return -x
 	}
 	return x
+}
+
+// pinCPU maps a host to the CPU its processes are pinned to (-dp.pin).
+var pinCPU = map[string]int{}
+
+// pinned prefixes argv with taskset when h is pinned.
+func pinned(h *netlab.Host, argv ...string) []string {
+	if c, ok := pinCPU[h.Name]; ok {
+		return append([]string{"taskset", "-c", strconv.Itoa(c)}, argv...)
+	}
+	return argv
+}
+
+// pinPID pins all threads of a running process of h.
+func pinPID(h *netlab.Host, pid int) error {
+	if c, ok := pinCPU[h.Name]; ok {
+		if out, err := exec.Command("taskset", "-a", "-p", "-c", strconv.Itoa(c), strconv.Itoa(pid)).CombinedOutput(); err != nil {
+			return fmt.Errorf("taskset %d: %v: %s", pid, err, out)
+		}
+	}
+	return nil
 }
