@@ -98,8 +98,8 @@ func (o *Overlay) clampRoute(ip, remote netip.Addr) (int, error) {
 		if err != nil {
 			return err
 		}
-		r := &netlink.Route{LinkIndex: tun.Attrs().Index, Dst: &net.IPNet{IP: net.IP(ip.AsSlice()), Mask: net.CIDRMask(32, 32)},
-			Scope: netlink.SCOPE_LINK, MTU: mtu}
+		r := peerRoute(tun, ip)
+		r.MTU = mtu
 		if err := netlink.RouteReplace(r); err != nil {
 			return fmt.Errorf("route %v/32 dev %s mtu %d: %w", ip, name, mtu, err)
 		}
@@ -127,9 +127,15 @@ func (o *Overlay) unclamp(peer string) {
 		if err != nil {
 			return err
 		}
-		return netlink.RouteDel(&netlink.Route{LinkIndex: tun.Attrs().Index, Dst: &net.IPNet{IP: net.IP(ip.AsSlice()), Mask: net.CIDRMask(32, 32)}, Scope: netlink.SCOPE_LINK})
+		return netlink.RouteDel(peerRoute(tun, ip))
 	})
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		o.log.Debug("removing a peer's MTU clamp", "peer", peer, "err", err)
 	}
+}
+
+// peerRoute is the route to a peer's virtual address through the TUN.
+func peerRoute(tun netlink.Link, ip netip.Addr) *netlink.Route {
+	return &netlink.Route{LinkIndex: tun.Attrs().Index, Scope: netlink.SCOPE_LINK,
+		Dst: &net.IPNet{IP: net.IP(ip.AsSlice()), Mask: net.CIDRMask(32, 32)}}
 }
