@@ -207,7 +207,8 @@ func (s *session) run(ctx context.Context, keepalive, idle time.Duration, handle
 		}
 	}()
 	defer s.failPending()
-	small := make([]byte, 16<<10) // other frames up to 16 KiB are read into it (decoders copy what they keep)
+	var small []byte  // other frames up to 16 KiB are read into it (decoders copy what they keep)
+	var objs [][]byte // the objects of the last Objects frame, the slice reused
 	for {
 		s.conn.SetReadDeadline(time.Now().Add(idle))
 		t, n, err := proto.ReadHeader(s.conn)
@@ -217,12 +218,12 @@ func (s *session) run(ctx context.Context, keepalive, idle time.Duration, handle
 			// objects borrowed from it; the handler copies what it keeps.
 			bp := readBufs.Get().(*[]byte)
 			p := (*bp)[:n]
-			var objs [][]byte
 			if err = proto.ReadPayload(s.conn, p); err == nil {
-				if objs, err = proto.UnmarshalObjectsBorrowed(p); err == nil {
+				if objs, err = proto.UnmarshalObjectsBorrowed(objs, p); err == nil {
 					objects(s, objs)
 				}
 			}
+			clear(objs) // no reference into the pooled buffer
 			readBufs.Put(bp)
 			if err == nil {
 				continue
@@ -231,7 +232,10 @@ func (s *session) run(ctx context.Context, keepalive, idle time.Duration, handle
 		var p []byte
 		if err == nil {
 			if p = small[:0]; n > cap(p) {
-				p = make([]byte, 0, n)
+				p = make([]byte, 0, max(n, 512))
+				if n <= 16<<10 {
+					small = p // kept: a session that only ever reads Objects frames holds none
+				}
 			}
 			p = p[:n]
 			err = proto.ReadPayload(s.conn, p)

@@ -2,12 +2,14 @@ package client
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"maps"
+	"math/bits"
 	"net/netip"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,8 +34,9 @@ type View struct {
 
 	mu        sync.Mutex
 	ts        *trust.Store
-	certs     map[string]*cert.Cert
-	byIP      map[[16]byte]*cert.Cert // by IP (As16: an IPv4 address and its 4in6 form are one key)
+	certs     []*cert.Cert            // sorted by name, one per name
+	pending   []*cert.Cert            // verified in the batch being added, merged by flushLocked
+	byIP      map[[16]byte]*cert.Cert // by IP (As16: an IPv4 address and its 4in6 form are one key); nil until the first ByIP
 	endpoints map[string]*endpoint.Record
 	rejected  int
 	changed   chan struct{} // closed and replaced at every change
@@ -47,7 +50,7 @@ func NewView(b *bundle.Bundle, now func() time.Time) *View {
 	if now == nil {
 		now = time.Now
 	}
-	return &View{now: now, ts: trust.New(b), certs: map[string]*cert.Cert{}, byIP: map[[16]byte]*cert.Cert{},
+	return &View{now: now, ts: trust.New(b),
 		endpoints: map[string]*endpoint.Record{}, changed: make(chan struct{})}
 }
 
@@ -61,12 +64,38 @@ func (v *View) Revocation() *revoke.List { v.mu.Lock(); defer v.mu.Unlock(); ret
 func (v *View) Policy() *policy.Global { v.mu.Lock(); defer v.mu.Unlock(); return v.ts.Policy() }
 
 // Cert returns the verified certificate of a peer, or nil.
-func (v *View) Cert(name string) *cert.Cert { v.mu.Lock(); defer v.mu.Unlock(); return v.certs[name] }
+func (v *View) Cert(name string) *cert.Cert {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.certLocked(name)
+}
+
+func (v *View) certLocked(name string) *cert.Cert {
+	if i, ok := v.findLocked(name); ok {
+		return v.certs[i]
+	}
+	return nil
+}
+
+// findLocked returns where the certificate of name is in v.certs, or
+// where it would go, and whether it is there.
+func (v *View) findLocked(name string) (int, bool) {
+	return slices.BinarySearchFunc(v.certs, name, func(c *cert.Cert, name string) int { return strings.Compare(c.Name, name) })
+}
 
 // ByIP returns the verified certificate of the peer with a virtual IP, or nil.
+// The index by IP is built at the first call and kept current from then
+// on: a view that is never asked (a broker client's only, or one of the
+// join storm's simulated peers) does not pay for it.
 func (v *View) ByIP(ip netip.Addr) *cert.Cert {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.byIP == nil {
+		v.byIP = make(map[[16]byte]*cert.Cert, len(v.certs))
+		for _, c := range v.certs {
+			v.byIP[c.IP.As16()] = c
+		}
+	}
 	return v.byIP[ip.As16()]
 }
 
@@ -81,12 +110,7 @@ func (v *View) Endpoints(name string) *endpoint.Record {
 func (v *View) Peers() []*cert.Cert {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	out := make([]*cert.Cert, 0, len(v.certs))
-	for _, c := range v.certs {
-		out = append(out, c)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out
+	return slices.Clone(v.certs)
 }
 
 // Len returns the number of certificates in the view (cheaper than
@@ -142,50 +166,71 @@ func (v *View) addAll(raws [][]byte, borrowed bool) (int, []error) {
 	now := v.now()
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if len(raws) > 64 && len(raws) > len(v.certs) {
-		// A snapshot: size the maps once rather than growing them by
-		// doubling, object by object.
-		certs := make(map[string]*cert.Cert, len(v.certs)+len(raws))
-		maps.Copy(certs, v.certs)
-		byIP := make(map[[16]byte]*cert.Cert, len(v.byIP)+len(raws))
-		maps.Copy(byIP, v.byIP)
-		v.certs, v.byIP = certs, byIP
-	}
 	changed := 0
 	var errs []error
 	for _, raw := range raws {
-		ok, err := v.addLocked(raw, now, borrowed)
+		n, err := v.addLocked(raw, now, borrowed)
+		changed += n
 		if err != nil {
 			v.rejected++
 			errs = append(errs, err)
-		} else if ok {
-			changed++
 		}
 	}
+	changed += v.flushLocked()
 	if changed > 0 || len(errs) > 0 { // Wait callers may watch Rejected
 		v.notifyLocked()
 	}
 	return changed, errs
 }
 
-// addLocked verifies and merges one object. An object identical, byte for
-// byte, to the one held changes nothing and is not verified again (it was
-// when it entered the view, and what depends on the moment — validity,
-// revocation — is enforced by whoever uses the view, as before).
-func (v *View) addLocked(raw []byte, now time.Time, borrowed bool) (bool, error) {
+// addLocked verifies one object and merges it, or, a certificate, puts it
+// in v.pending for flushLocked to merge with the rest of the batch. It
+// returns how many objects changed the view: before any object other than
+// a certificate, the pending certificates are merged first (a revocation
+// or an endpoint record acts on the certificates before it). An object
+// identical, byte for byte, to the one held changes nothing and is not
+// verified again (it was when it entered the view, and what depends on the
+// moment — validity, revocation — is enforced by whoever uses the view, as
+// before).
+func (v *View) addLocked(raw []byte, now time.Time, borrowed bool) (int, error) {
 	if c := v.cachedCertLocked(raw, now); c != nil {
-		return v.mergeCertLocked(c), nil
+		v.pending = append(v.pending, c)
+		return 0, nil
 	}
 	if borrowed {
 		raw = bytes.Clone(raw) // what is verified below may be kept
 	}
 	o, err := signed.Decode(raw)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
 	if o.Cluster != v.ts.Bundle().Cluster {
-		return false, fmt.Errorf("%s %q: %w", o.Kind, o.Cluster, ErrOtherCluster)
+		return 0, fmt.Errorf("%s %q: %w", o.Kind, o.Cluster, ErrOtherCluster)
 	}
+	if o.Kind == signed.KindCert {
+		if cur := v.certLocked(o.Subject); cur != nil && bytes.Equal(cur.Encode(), raw) {
+			return 0, nil
+		}
+		c, err := v.ts.VerifyCert(raw, now)
+		if err != nil {
+			return 0, err
+		}
+		if v.cache != nil {
+			v.cache.put(v.ts.Bundle().MasterKey, raw, c)
+		}
+		v.pending = append(v.pending, c)
+		return 0, nil
+	}
+	n := v.flushLocked()
+	ok, err := v.addOtherLocked(raw, o)
+	if ok {
+		n++
+	}
+	return n, err
+}
+
+// addOtherLocked verifies and merges an object other than a certificate.
+func (v *View) addOtherLocked(raw []byte, o *signed.Object) (bool, error) {
 	switch o.Kind {
 	case signed.KindBundle:
 		cur := v.ts.Bundle()
@@ -220,11 +265,13 @@ func (v *View) addLocked(raw []byte, now time.Time, borrowed bool) (bool, error)
 		} else if err != nil {
 			return false, err
 		}
-		for name, c := range v.certs {
-			if l.Revoked(c.Serial) {
-				v.dropLocked(name)
+		v.certs = slices.DeleteFunc(v.certs, func(c *cert.Cert) bool {
+			if !l.Revoked(c.Serial) {
+				return false
 			}
-		}
+			v.forgetLocked(c)
+			return true
+		})
 	case signed.KindPolicy:
 		if p := v.ts.Policy(); p != nil && bytes.Equal(p.Encode(), raw) {
 			return false, nil
@@ -234,28 +281,17 @@ func (v *View) addLocked(raw []byte, now time.Time, borrowed bool) (bool, error)
 		} else if err != nil {
 			return false, err
 		}
-	case signed.KindCert:
-		if cur := v.certs[o.Subject]; cur != nil && bytes.Equal(cur.Encode(), raw) {
-			return false, nil
-		}
-		c, err := v.ts.VerifyCert(raw, now)
-		if err != nil {
-			return false, err
-		}
-		if v.cache != nil {
-			v.cache.put(v.ts.Bundle().MasterKey, raw, c)
-		}
-		return v.mergeCertLocked(c), nil
 	case signed.KindEndpoints:
 		if cur := v.endpoints[o.Subject]; cur != nil && bytes.Equal(cur.Encode(), raw) {
 			return false, nil
 		}
-		c := v.certs[o.Subject]
+		c := v.certLocked(o.Subject)
 		if c == nil {
 			return false, fmt.Errorf("endpoints of %q: no certificate in view", o.Subject)
 		}
 		r := v.cache.endpoints(c.SignKey, raw)
 		if r == nil {
+			var err error
 			if r, err = endpoint.FromObject(o); err != nil {
 				return false, err
 			}
@@ -295,29 +331,101 @@ func (v *View) cachedCertLocked(raw []byte, now time.Time) *cert.Cert {
 	return nil
 }
 
-// mergeCertLocked puts a verified certificate in the view unless it holds
-// the same or a newer one (by serial); it reports whether it did.
-func (v *View) mergeCertLocked(c *cert.Cert) bool {
-	if cur := v.certs[c.Name]; cur != nil {
-		if cur.Serial >= c.Serial {
-			return false
+// flushLocked merges the certificates of v.pending into the view: each
+// unless the view holds the same or a newer one of its name (by serial).
+// It returns how many changed the view. A batch is merged at once (sorted,
+// then merged into the sorted v.certs from the back) rather than object by
+// object: a subscription delivers certificates by the frame, and a join
+// storm delivers a million of them to the simulated peers' views.
+func (v *View) flushLocked() int {
+	p := v.pending
+	if len(p) == 0 {
+		return 0
+	}
+	defer func() { clear(p); v.pending = p[:0] }() // the buffer is reused; it keeps no pointer
+	slices.SortFunc(p, func(a, b *cert.Cert) int {
+		if c := strings.Compare(a.Name, b.Name); c != 0 {
+			return c
 		}
-		if !cur.SignKey.Equal(c.SignKey) {
-			delete(v.endpoints, c.Name) // signed by the old key
+		return cmp.Compare(b.Serial, a.Serial) // the newest of a name first
+	})
+	changed, k := 0, 0
+	prev := ""
+	// Where each is in the view: by binary search, or, for a batch
+	// larger than that is worth, by one walk through the sorted view.
+	walk, at := len(p)*bits.Len(uint(len(v.certs))) > len(v.certs), 0
+	for i, c := range p {
+		if i > 0 && c.Name == prev {
+			continue // an older one of the same name in the batch
 		}
-		if v.byIP[cur.IP.As16()] == cur {
-			delete(v.byIP, cur.IP.As16())
+		prev = c.Name
+		var j int
+		var ok bool
+		if walk {
+			for at < len(v.certs) && v.certs[at].Name < c.Name {
+				at++
+			}
+			j, ok = at, at < len(v.certs) && v.certs[at].Name == c.Name
+		} else {
+			j, ok = v.findLocked(c.Name)
+		}
+		if ok {
+			if v.replaceLocked(j, c) {
+				changed++
+			}
+			continue
+		}
+		p[k] = c // names the view does not hold, still sorted
+		k++
+	}
+	fresh := p[:k]
+	if k == 0 {
+		return changed
+	}
+	n := len(v.certs)
+	v.certs = slices.Grow(v.certs, k)[:n+k]
+	i, j := n-1, k-1
+	for w := n + k - 1; j >= 0; w-- {
+		if i >= 0 && v.certs[i].Name > fresh[j].Name {
+			v.certs[w] = v.certs[i]
+			i--
+		} else {
+			v.certs[w] = fresh[j]
+			j--
 		}
 	}
-	v.certs[c.Name] = c
-	v.byIP[c.IP.As16()] = c
+	if v.byIP != nil {
+		for _, c := range fresh {
+			v.byIP[c.IP.As16()] = c
+		}
+	}
+	return changed + k
+}
+
+// replaceLocked puts c in the place of v.certs[j], of the same name,
+// if c is newer (by serial); it reports whether it did.
+func (v *View) replaceLocked(j int, c *cert.Cert) bool {
+	cur := v.certs[j]
+	if cur.Serial >= c.Serial {
+		return false
+	}
+	if !cur.SignKey.Equal(c.SignKey) {
+		delete(v.endpoints, c.Name) // signed by the old key
+	}
+	if v.byIP != nil && v.byIP[cur.IP.As16()] == cur {
+		delete(v.byIP, cur.IP.As16())
+	}
+	v.certs[j] = c
+	if v.byIP != nil {
+		v.byIP[c.IP.As16()] = c
+	}
 	return true
 }
 
-func (v *View) dropLocked(name string) {
-	if c := v.certs[name]; c != nil && v.byIP[c.IP.As16()] == c {
+// forgetLocked removes what the view keeps beside v.certs for c.
+func (v *View) forgetLocked(c *cert.Cert) {
+	if v.byIP != nil && v.byIP[c.IP.As16()] == c {
 		delete(v.byIP, c.IP.As16())
 	}
-	delete(v.certs, name)
-	delete(v.endpoints, name)
+	delete(v.endpoints, c.Name)
 }

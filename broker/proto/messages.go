@@ -241,15 +241,19 @@ func (m *Objects) encode(w *wire.Writer) {
 		w.Bytes32(o)
 	}
 }
-func (m *Objects) decode(r *wire.Reader) { m.Objects = decodeObjects(r, true) }
+func (m *Objects) decode(r *wire.Reader) { m.Objects = decodeObjects(nil, r, true) }
 
-func decodeObjects(r *wire.Reader, copied bool) [][]byte {
+// decodeObjects appends the objects to dst[:0] (nil: a new slice).
+func decodeObjects(dst [][]byte, r *wire.Reader, copied bool) [][]byte {
 	n := r.U32()
 	if n > MaxObjects || int(n) > r.Len()/4 {
 		r.Fail(fmt.Errorf("%d objects", n))
 		return nil
 	}
-	out := make([][]byte, 0, n)
+	out := dst[:0]
+	if out == nil {
+		out = make([][]byte, 0, n)
+	}
 	for i := uint32(0); i < n && r.Err() == nil; i++ {
 		o := r.Bytes32(MaxObject)
 		if copied {
@@ -266,10 +270,11 @@ func decodeObjects(r *wire.Reader, copied bool) [][]byte {
 // caller copies what it keeps. A subscriber's reader decodes its largest
 // and most frequent frames with it, into a buffer it reuses, copying only
 // the objects it has not seen (one allocation per new object instead of
-// one per object and one per frame).
-func UnmarshalObjectsBorrowed(payload []byte) ([][]byte, error) {
+// one per object and one per frame). The objects are appended to dst[:0],
+// which may be nil: a reader passes the slice of its last frame back.
+func UnmarshalObjectsBorrowed(dst [][]byte, payload []byte) ([][]byte, error) {
 	r := wire.NewReader(payload)
-	objs := decodeObjects(r, false)
+	objs := decodeObjects(dst, r, false)
 	if err := r.Done(); err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrFormat, TypeObjects, err)
 	}

@@ -137,7 +137,7 @@ func FuzzUnmarshalObjectsBorrowed(f *testing.F) {
 	f.Add(Marshal(&Objects{}))
 	f.Add(Marshal(&Objects{Objects: [][]byte{{}, {1}, bytes.Repeat([]byte{2}, 300)}}))
 	f.Fuzz(func(t *testing.T, p []byte) {
-		objs, err := UnmarshalObjectsBorrowed(p)
+		objs, err := UnmarshalObjectsBorrowed(nil, p)
 		m, uerr := Unmarshal(TypeObjects, p)
 		if (err == nil) != (uerr == nil) {
 			t.Fatalf("borrowed decoder: %v; Unmarshal: %v", err, uerr)
