@@ -3,6 +3,7 @@ package dataplane
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	"github.com/pvc-project/pvc/internal/plot"
@@ -49,6 +50,9 @@ func yes(ok bool) string {
 func (s *summary) figures(res map[string]map[string][]point) {
 	for _, sh := range []string{"1gbit", "unshaped"} {
 		r := res[sh]
+		if !measured(r) {
+			continue // not asked for (-dp.shapes)
+		}
 		ref := at(r["reference"], npUpper).Mbps
 		s.add(row{Metric: fmt.Sprintf("throughput at 4 MB, reference (%s)", sh), Value: ref, Unit: "Mbit/s"})
 		for _, name := range []string{"pvc", "wireguard-go"} {
@@ -61,12 +65,16 @@ func (s *summary) figures(res map[string]map[string][]point) {
 			s.add(rw)
 		}
 	}
-	u := res["unshaped"]
-	pvc, wg := at(u["pvc"], npUpper).Mbps, at(u["wireguard-go"], npUpper).Mbps
-	s.add(row{Metric: "unshaped throughput at 4 MB, PVC / wireguard-go", Value: pvc, Unit: "Mbit/s",
-		RefName: "wireguard-go", Ref: wg, Ratio: pvc / wg, Target: "≥ 1.00", Met: yes(pvc/wg >= 1.0)})
+	if u := res["unshaped"]; measured(u) {
+		pvc, wg := at(u["pvc"], npUpper).Mbps, at(u["wireguard-go"], npUpper).Mbps
+		s.add(row{Metric: "unshaped throughput at 4 MB, PVC / wireguard-go", Value: pvc, Unit: "Mbit/s",
+			RefName: "wireguard-go", Ref: wg, Ratio: pvc / wg, Target: "≥ 1.00", Met: yes(pvc/wg >= 1.0)})
+	}
 	for _, sh := range []string{"unshaped", "1gbit"} {
 		r := res[sh]
+		if !measured(r) || !slices.ContainsFunc(r["reference"], func(p point) bool { return p.Size <= 16 }) {
+			continue // not asked for, or no small messages (-dp.lower)
+		}
 		ref := smallLatency(r["reference"])
 		s.add(row{Metric: fmt.Sprintf("small-message latency (1-16 B, one way), reference (%s)", sh), Value: ref, Unit: "µs"})
 		addPVC, addWG := smallLatency(r["pvc"])-ref, smallLatency(r["wireguard-go"])-ref
@@ -78,6 +86,11 @@ func (s *summary) figures(res map[string]map[string][]point) {
 		}
 		s.add(rw)
 	}
+}
+
+// measured reports whether a shape has points for all three setups.
+func measured(r map[string][]point) bool {
+	return len(r["reference"]) > 0 && len(r["pvc"]) > 0 && len(r["wireguard-go"]) > 0
 }
 
 // writeResults writes netpipe.csv (every median point), summary.csv and the
@@ -105,6 +118,9 @@ func writeResults(dir string, res map[string]map[string][]point, sum summary) er
 	}
 	titles := map[string]string{"unshaped": "unshaped veth", "1gbit": "link shaped to 1 Gbit/s (tbf)"}
 	for _, sh := range []string{"unshaped", "1gbit"} {
+		if !measured(res[sh]) {
+			continue
+		}
 		thr := plot.Chart{Title: "NetPIPE throughput, " + titles[sh], XLabel: "message size (bytes)", YLabel: "Mbit/s", LogX: true}
 		lat := plot.Chart{Title: "NetPIPE latency (one way), " + titles[sh], XLabel: "message size (bytes)", YLabel: "µs", LogX: true, LogY: true}
 		for _, name := range setups {
