@@ -3,6 +3,7 @@ package server
 import (
 	"net"
 	"runtime"
+	"sync"
 )
 
 // gate bounds the sessions that set up (TLS handshake, Hello, Auth) on
@@ -39,6 +40,9 @@ type gatedConn struct {
 	g    gate
 	held bool // this goroutine holds a slot
 	open bool // set-up over: no more gating
+
+	wmu  sync.Mutex
+	wbuf *[]byte // while corked: what TLS wrote, from corkBufs
 }
 
 // gated wraps c, taking a slot for the set-up's first step.
@@ -68,4 +72,49 @@ func (c *gatedConn) release() {
 		c.held = false
 	}
 	c.open = true
+}
+
+// corkBufs hold what TLS writes to a corked connection: a writer's batch
+// (up to writeChunk bytes, an objects frame more, and TLS's records'
+// overhead).
+var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, writeChunk+objectsFrame+8<<10); return &b }}
+
+// Write writes p, or, while the connection is corked, keeps it for flush.
+// crypto/tls writes each record of at most 16 KiB with its own Write;
+// corked, a session writer's batch leaves in one write (a join storm's
+// broker made ~21,000 write calls for 218 MB).
+func (c *gatedConn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wbuf != nil {
+		*c.wbuf = append(*c.wbuf, p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// cork makes writes wait for flush. Only the session's writer corks.
+func (c *gatedConn) cork() {
+	c.wmu.Lock()
+	if c.wbuf == nil {
+		c.wbuf = corkBufs.Get().(*[]byte)
+	}
+	c.wmu.Unlock()
+}
+
+// flush writes what was kept since cork, and uncorks.
+func (c *gatedConn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	b := c.wbuf
+	if b == nil {
+		return nil
+	}
+	c.wbuf = nil
+	_, err := c.Conn.Write(*b)
+	if cap(*b) <= writeChunk+objectsFrame+8<<10 {
+		*b = (*b)[:0]
+		corkBufs.Put(b)
+	}
+	return err
 }

@@ -47,3 +47,48 @@ func TestGate(t *testing.T) {
 		t.Fatalf("%d slots still held", len(g))
 	}
 }
+
+// TestCork: while corked, what TLS writes is kept and leaves in one write
+// at flush, in order; uncorked, writes pass through.
+func TestCork(t *testing.T) {
+	c, peer := net.Pipe()
+	defer c.Close()
+	defer peer.Close()
+	g := newGate(1)
+	gc := g.gated(c)
+	gc.release()
+	gc.cork()
+	for _, s := range []string{"one ", "two ", "three"} {
+		if n, err := gc.Write([]byte(s)); n != len(s) || err != nil {
+			t.Fatalf("corked write: %d, %v", n, err)
+		}
+	}
+	peer.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	buf := make([]byte, 64)
+	if n, err := peer.Read(buf); n != 0 || err == nil {
+		t.Fatalf("read %q (%v) before the flush", buf[:n], err)
+	}
+	peer.SetReadDeadline(time.Time{})
+	got := make(chan string, 2)
+	go func() {
+		for range 2 {
+			n, _ := peer.Read(buf)
+			got <- string(buf[:n])
+		}
+	}()
+	if err := gc.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != "one two three" {
+		t.Fatalf("after the flush the peer read %q in one read, want %q", s, "one two three")
+	}
+	if _, err := gc.Write([]byte("four")); err != nil { // uncorked: at once
+		t.Fatal(err)
+	}
+	if s := <-got; s != "four" {
+		t.Fatalf("uncorked write: peer read %q", s)
+	}
+	if err := gc.flush(); err != nil { // not corked: nothing to do
+		t.Fatal(err)
+	}
+}

@@ -56,6 +56,8 @@ type session struct {
 	once    sync.Once
 
 	enrolled bool // enrollee: its request was sent (reader goroutine only)
+
+	cork *gatedConn // the connection under TLS, which the writer corks for a batch; nil: not corked (replica links)
 }
 
 func (s *Server) newSession(c net.Conn, remote netip.AddrPort, role proto.Role) *session {
@@ -327,7 +329,15 @@ func (ss *session) writeBatch(objs, frames [][]byte) bool {
 
 func (ss *session) write(b []byte) bool {
 	ss.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if ss.cork != nil {
+		ss.cork.cork()
+	}
 	_, err := ss.conn.Write(b)
+	if ss.cork != nil {
+		if ferr := ss.cork.flush(); err == nil {
+			err = ferr
+		}
+	}
 	return err == nil
 }
 
@@ -423,6 +433,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, src netip.AddrPort) 
 		return
 	}
 	ss := s.newSession(tc, src, hello.Role)
+	ss.cork = gc
 	signed := proto.AuthMessage(hello.Role, hello.Cluster, ch.Nonce[:], s.pub, exp)
 	if rf := s.authenticate(ss, hello, auth, signed); rf != nil {
 		s.metrics.refused(rf.reason)
