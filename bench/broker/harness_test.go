@@ -218,7 +218,7 @@ func startBroker(tb testing.TB, state, addr string, key ed25519.PublicKey, l *la
 	p := &brokerProc{Addr: addr, Metrics: freeAddr(tb), Key: key, log: filepath.Join(state, "broker.log"), done: make(chan struct{})}
 	args := append([]string{"--listen", addr, "--state", state, "--bundle", l.bundleFile, "--metrics", p.Metrics,
 		"--max-sessions", "20000", "--conn-rate", "1000000"}, extra...)
-	p.cmd = exec.Command(brokerBinary(tb), args...)
+	p.cmd = pinned(exec.Command(brokerBinary(tb), args...))
 	logf, err := os.Create(p.log)
 	if err != nil {
 		tb.Fatal(err)
@@ -588,4 +588,20 @@ func loadAvg() string {
 		return f[0]
 	}
 	return "?"
+}
+
+// pinnedCPU, when not -1, is the CPU the next child process started by
+// startBroker or startStormChild is pinned to (-storm-pin).
+var pinnedCPU = -1
+
+// pinned makes cmd run under taskset on pinnedCPU, if set. taskset execs
+// the command, so the PID is the command's. Go sizes GOMAXPROCS from the
+// CPUs the process may use: a pinned process runs one P.
+func pinned(cmd *exec.Cmd) *exec.Cmd {
+	if pinnedCPU < 0 {
+		return cmd
+	}
+	p := exec.Command("taskset", append([]string{"-c", strconv.Itoa(pinnedCPU), cmd.Path}, cmd.Args[1:]...)...)
+	p.Env, p.Dir = cmd.Env, cmd.Dir
+	return p
 }

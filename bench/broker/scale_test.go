@@ -30,6 +30,7 @@ var (
 	stormRuns        = flag.Int("storm-runs", 3, "storms in BenchmarkJoinStorm (medians are reported)")
 	stormProfSeconds = flag.Int("storm-profile-seconds", 8, "length of the broker's CPU profile from the start of a storm (with -storm-profile)")
 	stormProf        = flag.String("storm-profile", "", "write CPU profiles of the broker and of the peers' process during each storm to `DIR` (broker-N.pprof, peers-N.pprof)")
+	stormPin         = flag.Bool("storm-pin", false, "pin pvc-broker to CPU 0 and the storm's peers to CPU 1 (taskset), as if each had a host of its own; the two probes stay unpinned")
 )
 
 // BenchmarkSessions: one pvc-broker (a child process) holding 10,000
@@ -223,7 +224,11 @@ func benchStorm(b *testing.B, n, run int) []summaryRow {
 		pprofAddr = freeAddr(b)
 		extra = []string{"--pprof", pprofAddr}
 	}
+	if *stormPin {
+		pinnedCPU = 0
+	}
 	br := startBroker(b, state, addr, key, l, extra...)
+	pinnedCPU = -1
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
@@ -234,7 +239,11 @@ func benchStorm(b *testing.B, n, run int) []summaryRow {
 	idle := pg.rounds(ctx, 200, time.Millisecond)
 	before := rss(b, br.PID())
 
+	if *stormPin {
+		pinnedCPU = 1
+	}
 	child := startStormChild(b, l, peers, n+2, peersProf) // every storm peer and the two probes
+	pinnedCPU = -1
 
 	// Signals every 5 ms during the storm.
 	stormDone := make(chan struct{})
@@ -327,7 +336,7 @@ func benchStorm(b *testing.B, n, run int) []summaryRow {
 	return []summaryRow{
 		{"peers", "count", float64(n), "broker clients connecting at once to a fresh pvc-broker (registry empty)", ""},
 		{"peers_complete", "count", float64(complete), "peers whose view held every other peer", ""},
-		{"storm_all_see_all", "ms", ms(last), fmt.Sprintf("target < 2000 ms; from the first dial to the last view complete; 1-min load average %s at the start", load), "ms/storm"},
+		{"storm_all_see_all", "ms", ms(last), fmt.Sprintf("target < 2000 ms; from the first dial to the last view complete; 1-min load average %s at the start%s", load, pinNote()), "ms/storm"},
 		{"broker_cpu", "s", brokerCPU, "pvc-broker's CPU time (user+system) during the storm", "broker-cpu-s"},
 		{"clients_cpu", "s", selfCPU, fmt.Sprintf("the %d simulated peers' CPU time (one child process, one shared verification cache) during the storm", n), ""},
 		{"signal_rtt_idle_p50", "ms", percentile(idle, 50), "before the storm, 2 peers connected", ""},
@@ -359,4 +368,12 @@ func fetchProfile(tb testing.TB, addr, file string, seconds int) {
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		tb.Errorf("broker profile: %v", err)
 	}
+}
+
+// pinNote says, in a figure's note, that the storm ran pinned.
+func pinNote() string {
+	if *stormPin {
+		return "; pvc-broker pinned to CPU 0 and the peers to CPU 1 (-storm-pin)"
+	}
+	return ""
 }
