@@ -213,12 +213,12 @@ func brokerKey(tb testing.TB, state string) ed25519.PublicKey {
 
 // startBroker runs pvc-broker on loopback with the lab's bundle; it is
 // ended (by its PID) at the end of the benchmark.
-func startBroker(tb testing.TB, state, addr string, key ed25519.PublicKey, l *lab, extra ...string) *brokerProc {
+func startBroker(tb testing.TB, state, addr string, key ed25519.PublicKey, l *lab, cpu int, extra ...string) *brokerProc {
 	tb.Helper()
 	p := &brokerProc{Addr: addr, Metrics: freeAddr(tb), Key: key, log: filepath.Join(state, "broker.log"), done: make(chan struct{})}
 	args := append([]string{"--listen", addr, "--state", state, "--bundle", l.bundleFile, "--metrics", p.Metrics,
 		"--max-sessions", "20000", "--conn-rate", "1000000"}, extra...)
-	p.cmd = pinned(exec.Command(brokerBinary(tb), args...))
+	p.cmd = pinned(exec.Command(brokerBinary(tb), args...), cpu)
 	logf, err := os.Create(p.log)
 	if err != nil {
 		tb.Fatal(err)
@@ -590,18 +590,14 @@ func loadAvg() string {
 	return "?"
 }
 
-// pinnedCPU, when not -1, is the CPU the next child process started by
-// startBroker or startStormChild is pinned to (-storm-pin).
-var pinnedCPU = -1
-
-// pinned makes cmd run under taskset on pinnedCPU, if set. taskset execs
-// the command, so the PID is the command's. Go sizes GOMAXPROCS from the
-// CPUs the process may use: a pinned process runs one P.
-func pinned(cmd *exec.Cmd) *exec.Cmd {
-	if pinnedCPU < 0 {
+// pinned makes cmd run under taskset on CPU cpu; cpu < 0: cmd as it is.
+// taskset execs the command, so the PID is the command's. Go sizes
+// GOMAXPROCS from the CPUs the process may use: a pinned process runs one P.
+func pinned(cmd *exec.Cmd, cpu int) *exec.Cmd {
+	if cpu < 0 {
 		return cmd
 	}
-	p := exec.Command("taskset", append([]string{"-c", strconv.Itoa(pinnedCPU), cmd.Path}, cmd.Args[1:]...)...)
+	p := exec.Command("taskset", append([]string{"-c", strconv.Itoa(cpu), cmd.Path}, cmd.Args[1:]...)...)
 	p.Env, p.Dir = cmd.Env, cmd.Dir
 	return p
 }

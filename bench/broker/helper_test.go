@@ -121,8 +121,8 @@ type stormChild struct {
 }
 
 // profile, if not empty, is where the helper writes its CPU profile of
-// the storm.
-func startStormChild(tb testing.TB, l *lab, peers []*peer, want int, profile string) *stormChild {
+// the storm; cpu, if not negative, the CPU it is pinned to.
+func startStormChild(tb testing.TB, l *lab, peers []*peer, want int, profile string, cpu int) *stormChild {
 	tb.Helper()
 	spec := stormSpec{Bundle: l.bundle.Encode()}
 	for _, p := range peers {
@@ -136,7 +136,7 @@ func startStormChild(tb testing.TB, l *lab, peers []*peer, want int, profile str
 	if err := os.WriteFile(f, raw, 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	c := &stormChild{cmd: pinned(exec.Command(os.Args[0], "-test.run=^$")), done: make(chan struct{})}
+	c := &stormChild{cmd: pinned(exec.Command(os.Args[0], "-test.run=^$"), cpu), done: make(chan struct{})}
 	c.cmd.Env = append(os.Environ(), helperEnv+"="+f+","+strconv.Itoa(want)+","+profile)
 	c.cmd.Stderr = os.Stderr
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

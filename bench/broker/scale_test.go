@@ -56,7 +56,7 @@ func benchSessions(b *testing.B, n int) {
 	l := newLab(b, []bundle.Broker{{Addr: addr, Key: key}})
 	peers := l.peers(b, "p", n)
 	probes := l.peers(b, "sig", 2)
-	br := startBroker(b, state, addr, key, l)
+	br := startBroker(b, state, addr, key, l, -1)
 	time.Sleep(500 * time.Millisecond)
 	before := rss(b, br.PID())
 
@@ -224,11 +224,11 @@ func benchStorm(b *testing.B, n, run int) []summaryRow {
 		pprofAddr = freeAddr(b)
 		extra = []string{"--pprof", pprofAddr}
 	}
+	brokerCore, peersCore := -1, -1
 	if *stormPin {
-		pinnedCPU = 0
+		brokerCore, peersCore = 0, 1
 	}
-	br := startBroker(b, state, addr, key, l, extra...)
-	pinnedCPU = -1
+	br := startBroker(b, state, addr, key, l, brokerCore, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
@@ -239,11 +239,7 @@ func benchStorm(b *testing.B, n, run int) []summaryRow {
 	idle := pg.rounds(ctx, 200, time.Millisecond)
 	before := rss(b, br.PID())
 
-	if *stormPin {
-		pinnedCPU = 1
-	}
-	child := startStormChild(b, l, peers, n+2, peersProf) // every storm peer and the two probes
-	pinnedCPU = -1
+	child := startStormChild(b, l, peers, n+2, peersProf, peersCore) // every storm peer and the two probes
 
 	// Signals every 5 ms during the storm.
 	stormDone := make(chan struct{})

@@ -77,7 +77,9 @@ func (c *gatedConn) release() {
 // corkBufs hold what TLS writes to a corked connection: a writer's batch
 // (up to writeChunk bytes, an objects frame more, and TLS's records'
 // overhead).
-var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, writeChunk+objectsFrame+8<<10); return &b }}
+var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, corkCap); return &b }}
+
+const corkCap = writeChunk + objectsFrame + 8<<10
 
 // Write writes p, or, while the connection is corked, keeps it for flush.
 // crypto/tls writes each record of at most 16 KiB with its own Write;
@@ -112,7 +114,7 @@ func (c *gatedConn) flush() error {
 	}
 	c.wbuf = nil
 	_, err := c.Conn.Write(*b)
-	if cap(*b) <= writeChunk+objectsFrame+8<<10 {
+	if cap(*b) <= corkCap { // not one grown by an oversized batch
 		*b = (*b)[:0]
 		corkBufs.Put(b)
 	}
