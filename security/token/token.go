@@ -177,6 +177,11 @@ func Parse(s string) (*Token, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: does not start with %q", ErrFormat, Prefix)
 	}
+	// Go's base64 decoders skip line breaks, even strict: a token
+	// broken across lines would parse and then not be the string given.
+	if i := strings.IndexAny(rest, "\r\n"); i >= 0 {
+		return nil, fmt.Errorf("%w: a line break at character %d", ErrFormat, len(Prefix)+i+1)
+	}
 	b, err := base64.RawURLEncoding.Strict().DecodeString(rest)
 	if err != nil {
 		return nil, fmt.Errorf("%w: not base64url: %v", ErrFormat, err)

@@ -60,7 +60,8 @@ func TestAttacks(t *testing.T) {
 	if err := tok.Verify(sectest.Pub(2), "lab", now); !errors.Is(err, ErrWrongSigner) {
 		t.Errorf("token checked against another master: %v, want ErrWrongSigner", err)
 	}
-	for _, s := range []string{"", "pvc1-", "pvc2-" + tok.String()[5:], tok.String() + "A", tok.String()[:len(tok.String())-2], "pvc1-!!!"} {
+	for _, s := range []string{"", "pvc1-", "pvc2-" + tok.String()[5:], tok.String() + "A", tok.String()[:len(tok.String())-2], "pvc1-!!!",
+		tok.String()[:20] + "\n" + tok.String()[20:]} { // a token broken across lines
 		if _, err := Parse(s); !errors.Is(err, ErrFormat) {
 			t.Errorf("Parse(%.20q...) = %v, want ErrFormat", s, err)
 		}
