@@ -244,3 +244,90 @@ func TestParseEndpoint(t *testing.T) {
 		}
 	}
 }
+
+// directPair starts a and b, and brings a's path to b onto the direct
+// path over loopback (b learns a's address from a's probes).
+func directPair(t *testing.T) (*memRelay, *node, *node) {
+	t.Helper()
+	r, a, b := twoNodes(t)
+	a.addPeer(t, b)
+	b.addPeer(t, a)
+	if got := pingThrough(a, b, 2, 0); got != 2 {
+		t.Fatalf("relay only: %d of 2 arrived", got)
+	}
+	lo := netip.MustParseAddr("127.0.0.1")
+	a.bind.SetCandidates("b", []Candidate{{Addr: netip.AddrPortFrom(lo, b.localPort(t)), Kind: PathDirect}})
+	waitPath(t, a.bind, "b", PathDirect, 3*time.Second)
+	waitPath(t, b.bind, "a", PathPunched, 3*time.Second)
+	return r, a, b
+}
+
+// oneWay sends packets from a to b every gap for d; b's side takes them
+// and answers nothing.
+func oneWay(a, b *node, d, gap time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-b.tun.Inbound:
+			case <-done:
+				return
+			}
+		}
+	}()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(gap) {
+		a.tun.Outbound <- tuntest.Ping(b.ip, a.ip)
+	}
+	close(done)
+}
+
+// TestOneWayTrafficNotInDoubt: datagrams that go one way only (a stream
+// nobody answers, WireGuard's passive keepalive) bring nothing back on the
+// path, but the path answers its probes: it stays direct and nothing is
+// copied to the relay. When the path then dies, the same silence puts it in
+// doubt (datagrams copied to the relay) before it is dropped.
+func TestOneWayTrafficNotInDoubt(t *testing.T) {
+	_, a, b := directPair(t)
+	before := pathOf(a.bind, "b")
+	// 50 probe ticks (ProbeInterval 200 ms in these tests: a tick is 20 ms).
+	oneWay(a, b, time.Second, 2*time.Millisecond)
+	after := pathOf(a.bind, "b")
+	if after.Path != PathDirect || after.TxDirect <= before.TxDirect {
+		t.Fatalf("one-way traffic: path %+v, want direct and carrying it", after)
+	}
+	if after.TxRelay != before.TxRelay {
+		t.Errorf("one-way traffic on a path that answers its probes: %d bytes copied to the relay, want none",
+			after.TxRelay-before.TxRelay)
+	}
+
+	// The path dies (b answers no more probes, and sends nothing anyway).
+	b.auth.off.Store(true)
+	relayBefore := pathOf(a.bind, "b").TxRelay
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-b.tun.Inbound:
+			case <-done:
+				return
+			}
+		}
+	}()
+	defer close(done)
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		a.tun.Outbound <- tuntest.Ping(b.ip, a.ip)
+		s := pathOf(a.bind, "b")
+		if s.Path == PathDirect && s.TxRelay > relayBefore {
+			break // in doubt: copies while still direct
+		}
+		if s.Path != PathDirect {
+			t.Fatalf("the dead path was dropped without a time in doubt (no copies to the relay): %+v", s)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dead path is neither in doubt nor dropped after 3 s: %+v", s)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	waitPath(t, a.bind, "b", PathRelay, 3*time.Second)
+}

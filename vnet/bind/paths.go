@@ -38,6 +38,7 @@ type Endpoint struct {
 	// Watching a direct path that carries traffic: the counters at the
 	// last tick, and since when we send but hear nothing.
 	seenTx, seenRx uint64
+	seenPong       time.Time // the direct path's last pong at the last tick
 	silentSince    time.Time
 
 	txDirect, txRelay, rxDirect, rxRelay atomic.Uint64
@@ -254,8 +255,8 @@ func (b *Bind) probeRound() {
 			all()
 		case d == nil && now.Sub(e.lastPing) >= b.cfg.ProbeInterval:
 			all() // backed off: nothing answered
-		case d != nil && (now.Sub(e.lastPing) >= b.cfg.ProbeInterval || sus):
-			targets = append(targets, d.addr) // every tick while in doubt
+		case d != nil && (now.Sub(e.lastPing) >= b.cfg.ProbeInterval || sus || silent > 0):
+			targets = append(targets, d.addr) // every tick while silent or in doubt
 		}
 		if len(targets) > 0 {
 			e.lastPing = now
@@ -371,11 +372,24 @@ func (e *Endpoint) kindOf(addr netip.AddrPort) PathKind {
 // watch returns for how long the direct path d has carried our datagrams,
 // or the peer has sent around it, while nothing came back on it (0: it is
 // fine or idle). Called each tick with e.mu held.
+//
+// A pong on the path counts as hearing from the peer: traffic one way only
+// (WireGuard's passive keepalive, a UDP stream nobody answers) brings no
+// datagram back, so probeRound pings a path that has been silent for a tick
+// and it is in doubt only if that ping goes unanswered too. Before, every
+// passive keepalive put an idle pair in doubt, and the first datagrams of
+// its next transfer were copied to the relay.
 func (e *Endpoint) watch(d *path, now time.Time) time.Duration {
 	tx, rx := e.txDirect.Load(), e.rxDirect.Load()
-	sending, hearing := tx != e.seenTx, rx != e.seenRx
-	e.seenTx, e.seenRx = tx, rx
+	var pong time.Time
+	if d != nil {
+		pong = d.lastPong
+	}
 	bypassed := e.relayIn.Swap(false) // the peer sends around our path
+	// A peer that sends around the path while answering probes on it
+	// probably has no path toward us: its pongs do not clear the doubt.
+	sending, hearing := tx != e.seenTx, rx != e.seenRx || (!bypassed && pong.After(e.seenPong))
+	e.seenTx, e.seenRx, e.seenPong = tx, rx, pong
 	switch {
 	case d == nil || hearing:
 		e.silentSince = time.Time{}
