@@ -248,6 +248,17 @@ func BenchmarkDataplane(b *testing.B) {
 	sum.add(row{Metric: "pvcd peak RSS (sender)", Value: peak, Unit: "MiB", RefName: "wireguard-go peak", Ref: wgPeak})
 	sum.add(row{Metric: "pvcd peak RSS (receiver)", Value: peakB, Unit: "MiB"})
 
+	// A direct path in doubt copies datagrams to the relay (vnet/bind):
+	// during a transfer that halves the link, so say if it happened.
+	for _, n := range []*vcluster.Node{pa, pb} {
+		var doubts []string
+		for _, l := range strings.Split(n.Proc.Output(), "\n") {
+			if strings.Contains(l, "direct path in doubt") || strings.Contains(l, "direct path lost") {
+				doubts = append(doubts, l)
+			}
+		}
+		logf(b, "pvcd %s: %d direct-path doubts or losses during the benchmark%s", n.Name, len(doubts), strings.Join(append([]string{""}, doubts...), "\n  "))
+	}
 	sum.figures(res)
 	for _, row := range sum.rows {
 		logf(b, "%s", row.String())
