@@ -213,12 +213,17 @@ func brokerKey(tb testing.TB, state string) ed25519.PublicKey {
 
 // startBroker runs pvc-broker on loopback with the lab's bundle; it is
 // ended (by its PID) at the end of the benchmark.
-func startBroker(tb testing.TB, state, addr string, key ed25519.PublicKey, l *lab, cpu int, extra ...string) *brokerProc {
+// startBroker starts pvc-broker on cpu (< 0: any) with procs Ps (GOMAXPROCS;
+// 0: Go's default).
+func startBroker(tb testing.TB, state, addr string, key ed25519.PublicKey, l *lab, cpu, procs int, extra ...string) *brokerProc {
 	tb.Helper()
 	p := &brokerProc{Addr: addr, Metrics: freeAddr(tb), Key: key, log: filepath.Join(state, "broker.log"), done: make(chan struct{})}
 	args := append([]string{"--listen", addr, "--state", state, "--bundle", l.bundleFile, "--metrics", p.Metrics,
 		"--max-sessions", "20000", "--conn-rate", "1000000"}, extra...)
 	p.cmd = pinned(exec.Command(brokerBinary(tb), args...), cpu)
+	if procs > 0 {
+		p.cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(procs))
+	}
 	logf, err := os.Create(p.log)
 	if err != nil {
 		tb.Fatal(err)
@@ -580,6 +585,38 @@ func cpuSeconds(tb testing.TB, pid int) float64 {
 	return (ut + st) / 100
 }
 
+// procCounts returns a process's read and write system calls
+// (/proc/PID/io syscr, syscw) and its threads' context switches, voluntary
+// and not (/proc/PID/task/*/status), or zeros if they cannot be read.
+func procCounts(pid int) (reads, writes, switches int64) {
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid)); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(l, ": ")
+			n, _ := strconv.ParseInt(v, 10, 64)
+			switch k {
+			case "syscr":
+				reads = n
+			case "syscw":
+				writes = n
+			}
+		}
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				switches += n
+			}
+		}
+	}
+	return reads, writes, switches
+}
+
 // loadAvg returns the machine's 1-minute load average (other work on the
 // machine shows in the figures).
 func loadAvg() string {
@@ -588,6 +625,17 @@ func loadAvg() string {
 		return f[0]
 	}
 	return "?"
+}
+
+// niced makes cmd run at nice value n (0: cmd as it is). nice execs the
+// command, so the PID is the command's.
+func niced(cmd *exec.Cmd, n int) *exec.Cmd {
+	if n == 0 {
+		return cmd
+	}
+	p := exec.Command("nice", append([]string{"-n", strconv.Itoa(n), cmd.Path}, cmd.Args[1:]...)...)
+	p.Env, p.Dir = cmd.Env, cmd.Dir
+	return p
 }
 
 // pinned makes cmd run under taskset on CPU cpu; cpu < 0: cmd as it is.

@@ -136,7 +136,7 @@ func startStormChild(tb testing.TB, l *lab, peers []*peer, want int, profile str
 	if err := os.WriteFile(f, raw, 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	c := &stormChild{cmd: pinned(exec.Command(os.Args[0], "-test.run=^$"), cpu), done: make(chan struct{})}
+	c := &stormChild{cmd: niced(pinned(exec.Command(os.Args[0], "-test.run=^$"), cpu), *stormNice), done: make(chan struct{})}
 	c.cmd.Env = append(os.Environ(), helperEnv+"="+f+","+strconv.Itoa(want)+","+profile)
 	c.cmd.Stderr = os.Stderr
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

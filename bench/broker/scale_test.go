@@ -30,6 +30,8 @@ var (
 	stormRuns        = flag.Int("storm-runs", 3, "storms in BenchmarkJoinStorm (medians are reported)")
 	stormProfSeconds = flag.Int("storm-profile-seconds", 8, "length of the broker's CPU profile from the start of a storm (with -storm-profile)")
 	stormProf        = flag.String("storm-profile", "", "write CPU profiles of the broker and of the peers' process during each storm to `DIR` (broker-N.pprof, peers-N.pprof)")
+	stormProcs       = flag.Int("storm-broker-procs", 0, "run pvc-broker with this GOMAXPROCS in BenchmarkJoinStorm (0: Go's default, one P per CPU)")
+	stormNice        = flag.Int("storm-nice", 0, "run the storm's peers' process at this nice value (1-19: the 1,000 simulated hosts yield the CPU to pvc-broker and the two probes, as if they ran on machines of their own)")
 	stormPin         = flag.Bool("storm-pin", false, "pin pvc-broker to CPU 0 and the storm's peers to CPU 1 (taskset), as if each had a host of its own; the two probes stay unpinned")
 )
 
@@ -56,7 +58,7 @@ func benchSessions(b *testing.B, n int) {
 	l := newLab(b, []bundle.Broker{{Addr: addr, Key: key}})
 	peers := l.peers(b, "p", n)
 	probes := l.peers(b, "sig", 2)
-	br := startBroker(b, state, addr, key, l, -1)
+	br := startBroker(b, state, addr, key, l, -1, 0)
 	time.Sleep(500 * time.Millisecond)
 	before := rss(b, br.PID())
 
@@ -228,7 +230,7 @@ func benchStorm(b *testing.B, n, run int) []summaryRow {
 	if *stormPin {
 		brokerCore, peersCore = 0, 1
 	}
-	br := startBroker(b, state, addr, key, l, brokerCore, extra...)
+	br := startBroker(b, state, addr, key, l, brokerCore, *stormProcs, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
@@ -263,6 +265,7 @@ func benchStorm(b *testing.B, n, run int) []summaryRow {
 
 	load := loadAvg()
 	brokerCPU := cpuSeconds(b, br.PID())
+	r0, w0, cs0 := procCounts(br.PID())
 	childCPU := cpuSeconds(b, child.cmd.Process.Pid)
 	var ds []time.Duration
 	var last time.Duration
@@ -291,6 +294,7 @@ func benchStorm(b *testing.B, n, run int) []summaryRow {
 	}
 	storm := time.Since(start)
 	brokerCPU = cpuSeconds(b, br.PID()) - brokerCPU
+	r1, w1, cs1 := procCounts(br.PID())
 	selfCPU := cpuSeconds(b, child.cmd.Process.Pid) - childCPU
 	close(stormDone)
 	pgWG.Wait()
@@ -326,9 +330,9 @@ func benchStorm(b *testing.B, n, run int) []summaryRow {
 	verify := median(ver)
 
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-	b.Logf("join storm of %d peers: all saw all in %v; signalling idle p50 %.2f/p99 %.2f ms, during the storm p50 %.2f/p99 %.2f ms (%d rounds, %d lost), after p50 %.2f/p99 %.2f ms; a host verifies %d certificates in %.1f ms; broker RSS %.1f -> %.1f MB; CPU during the storm: broker %.2f s, the %d clients %.2f s; load average %s",
+	b.Logf("join storm of %d peers: all saw all in %v; signalling idle p50 %.2f/p99 %.2f ms, during the storm p50 %.2f/p99 %.2f ms (%d rounds, %d lost), after p50 %.2f/p99 %.2f ms; a host verifies %d certificates in %.1f ms; broker RSS %.1f -> %.1f MB; CPU during the storm: broker %.2f s, the %d clients %.2f s; broker's system calls %d reads, %d writes, %d context switches; load average %s",
 		n, last.Round(time.Millisecond), percentile(idle, 50), percentile(idle, 99), percentile(during, 50), percentile(during, 99), len(during), pg.lost,
-		percentile(loaded, 50), percentile(loaded, 99), len(raws), verify, before/1e6, after/1e6, brokerCPU, n, selfCPU, load)
+		percentile(loaded, 50), percentile(loaded, 99), len(raws), verify, before/1e6, after/1e6, brokerCPU, n, selfCPU, r1-r0, w1-w0, cs1-cs0, load)
 	return []summaryRow{
 		{"peers", "count", float64(n), "broker clients connecting at once to a fresh pvc-broker (registry empty)", ""},
 		{"peers_complete", "count", float64(complete), "peers whose view held every other peer", ""},
@@ -368,8 +372,15 @@ func fetchProfile(tb testing.TB, addr, file string, seconds int) {
 
 // pinNote says, in a figure's note, that the storm ran pinned.
 func pinNote() string {
+	var s string
 	if *stormPin {
-		return "; pvc-broker pinned to CPU 0 and the peers to CPU 1 (-storm-pin)"
+		s += "; pvc-broker pinned to CPU 0 and the peers to CPU 1 (-storm-pin)"
 	}
-	return ""
+	if *stormProcs > 0 {
+		s += fmt.Sprintf("; pvc-broker at GOMAXPROCS=%d (-storm-broker-procs)", *stormProcs)
+	}
+	if *stormNice != 0 {
+		s += fmt.Sprintf("; the peers' process at nice %d (-storm-nice)", *stormNice)
+	}
+	return s
 }
